@@ -1,0 +1,130 @@
+"""The single scaled-dot-product entry point of formerlab.
+
+``scaled_dot_product(q, k, v, ...)`` takes ``(batch, heads, seq, head_dim)`` tensors (grouped
+key/value heads allowed) and uses :func:`torch.nn.functional.scaled_dot_product_attention` when
+it applies (softmax normalisation, weights not requested). Otherwise it runs the explicit path:
+``scores = q kᵀ·scale + bias`` → registered normaliser with the boolean mask → dropout → ``@ v``.
+Both paths agree to float tolerance (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .normalize import NORMALIZERS, attention_normalize
+
+__all__ = ["causal_mask", "repeat_kv", "scaled_dot_product"]
+
+
+def causal_mask(nq: int, nk: int | None = None, *, device: torch.device | None = None) -> Tensor:
+    """Bool ``(nq, nk)`` mask, ``True`` where key ``j <= i + (nk - nq)`` (bottom-right aligned)."""
+    nk = nq if nk is None else nk
+    i = torch.arange(nq, device=device)[:, None] + (nk - nq)
+    j = torch.arange(nk, device=device)[None, :]
+    return j <= i
+
+
+def repeat_kv(x: Tensor, groups: int) -> Tensor:
+    """``(B, Hkv, n, d) -> (B, Hkv·groups, n, d)`` for grouped-query attention."""
+    if groups == 1:
+        return x
+    return x.repeat_interleave(groups, dim=1)
+
+
+def _check_shapes(q: Tensor, k: Tensor, v: Tensor) -> int:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            "q, k, v must be 4-D (batch, heads, seq, head_dim), got shapes "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[-1] != k.shape[-1]:
+        raise ValueError(
+            "q, k, v shapes do not fit: q (B, H, nq, d), k (B, Hkv, nk, d), v (B, Hkv, nk, dv) "
+            f"expected, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[1] % k.shape[1]:
+        raise ValueError(
+            f"query heads ({q.shape[1]}) must be a multiple of key/value heads ({k.shape[1]})"
+        )
+    return q.shape[1] // k.shape[1]
+
+
+def scaled_dot_product(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    mask: Tensor | None = None,
+    is_causal: bool = False,
+    bias: Tensor | None = None,
+    scale: float | None = None,
+    normalization: str = "softmax",
+    normalization_options: dict[str, Any] | None = None,
+    dropout_p: float = 0.0,
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention ``normalize(q kᵀ·scale + bias, mask) · v``.
+
+    Args:
+        q: ``(B, H, nq, d)`` queries.
+        k: ``(B, Hkv, nk, d)`` keys; ``H`` must be a multiple of ``Hkv`` (GQA).
+        v: ``(B, Hkv, nk, dv)`` values.
+        mask: Boolean, broadcastable to ``(B, H, nq, nk)``; ``True`` = may attend.
+        is_causal: Add a causal mask (bottom-right aligned when ``nq < nk``).
+        bias: Additive float bias broadcastable to the scores (ALiBi, relative biases).
+        scale: Score scale; default ``1/√d``.
+        normalization: A name of :data:`formerlab.attention.NORMALIZERS`.
+        normalization_options: Extra keyword arguments of the normaliser.
+        dropout_p: Dropout on the attention weights (pass 0 at evaluation).
+        return_weights: Also return the ``(B, H, nq, nk)`` weights (forces the explicit path).
+
+    Returns:
+        ``(B, H, nq, dv)`` output, and the weights if ``return_weights``.
+    """
+    groups = _check_shapes(q, k, v)
+    nq, nk = q.shape[-2], k.shape[-2]
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    if mask is not None and mask.dtype != torch.bool:
+        raise TypeError(f"mask must be a bool tensor (True = attend), got {mask.dtype}")
+    opts = normalization_options or {}
+    sdpa_ok = (
+        NORMALIZERS.meta(normalization).get("sdpa", False) and not return_weights and not opts
+    )
+    if sdpa_ok and is_causal and mask is None and bias is None and nq == nk:
+        # the common training case: SDPA's own causal kernel, no mask tensor at all
+        return F.scaled_dot_product_attention(
+            q, repeat_kv(k, groups), repeat_kv(v, groups), dropout_p=dropout_p,
+            is_causal=True, scale=scale,
+        )
+    if is_causal:
+        cm = causal_mask(nq, nk, device=q.device)
+        mask = cm if mask is None else mask & cm
+    if sdpa_ok:
+        attn_mask = mask
+        if bias is not None:
+            attn_mask = bias.to(q.dtype)
+            if mask is not None:
+                attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
+        return F.scaled_dot_product_attention(
+            q,
+            repeat_kv(k, groups),
+            repeat_kv(v, groups),
+            attn_mask=attn_mask,
+            dropout_p=dropout_p,
+            scale=scale,
+        )
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias
+    weights = attention_normalize(scores, mask, normalization, **opts)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    out = torch.matmul(weights.to(v.dtype), v)
+    return (out, weights) if return_weights else out
+

@@ -1,0 +1,228 @@
+"""The ``formerlab`` command: ``train``, ``eval``, ``lab list``, ``lab run``, ``report``.
+
+Every subcommand has ``--help``; ``--device auto`` picks CUDA when present. Data-parallel
+training: ``torchrun --nproc_per_node=2 -m formerlab train ...`` (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _apply_sets(model: dict[str, Any], train: dict[str, Any], sets: list[str]) -> None:
+    for item in sets:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"--set expects model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        scope, name = key.split(".", 1)
+        if scope not in ("model", "train"):
+            raise ValueError(f"--set scope must be 'model' or 'train', got {scope!r} in {item!r}")
+        (model if scope == "model" else train)[name] = _parse_value(value)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .config import ModelConfig, TrainConfig
+    from .data.batching import window_batch
+    from .data.corpora import load_corpus
+    from .lab.experiments.extrapolation import preset_config
+    from .models.lm import CausalLM
+    from .train.distributed import init_distributed, resolve_device, shutdown_distributed
+    from .train.trainer import Trainer
+
+    base = preset_config(args.preset)
+    model_d = base.model.to_dict()
+    train_d = base.train.to_dict()
+    if args.model_config:
+        model_d.update(json.loads(Path(args.model_config).read_text()))
+    if args.train_config:
+        train_d.update(json.loads(Path(args.train_config).read_text()))
+    _apply_sets(model_d, train_d, args.set or [])
+    mc, tc = ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
+    device = resolve_device(args.device)
+    info = init_distributed(device)
+    if info.enabled and device.type == "cuda":
+        import torch
+
+        device = torch.device("cuda", info.local_rank)
+    corpus = load_corpus(args.corpus)
+    tokens = corpus.tokens("train")
+
+    def batch_fn(step: int, rows: slice):
+        return window_batch(tokens, tc.batch_size, tc.seq_len, seed=tc.seed, step=step,
+                            rows=rows), None
+
+    import torch
+
+    torch.manual_seed(tc.seed)
+    model = CausalLM(mc)
+    trainer = Trainer(model, mc, tc, batch_fn, out_dir=args.out, device=device,
+                      progress=not args.no_progress, dist_info=info)
+    try:
+        summary = trainer.train(resume=args.resume)
+    finally:
+        shutdown_distributed()
+    if info.is_main:
+        print(json.dumps({"out": str(args.out), "steps": summary.steps,
+                          "final_loss": round(summary.final_loss, 5),
+                          "tokens_per_second": round(summary.tokens_per_second),
+                          "resumed_from": summary.resumed_from}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from .data.corpora import load_corpus
+    from .data.evalsets import non_repeated_set, repeated_set
+    from .lab.report import markdown_table
+    from .models.lm import CausalLM
+    from .train.distributed import resolve_device
+    from .train.eval import evaluate_tokens
+
+    device = resolve_device(args.device)
+    model = CausalLM.from_pretrained(args.checkpoint, device=device)
+    train_len = args.train_len
+    if train_len is None:
+        tc_file = Path(args.checkpoint) / "train_config.json"
+        train_len = json.loads(tc_file.read_text())["seq_len"] if tc_file.is_file() else None
+    if train_len is None:
+        raise ValueError("--train-len is required (no train_config.json beside the checkpoint)")
+    params = json.loads(args.rope_params) if args.rope_params else {}
+    relpos = json.loads(args.relpos) if args.relpos else None
+    model.set_position_method(args.rope_type, rope_params=params, relpos=relpos, logn=args.logn,
+                              train_len=train_len)
+    tokens = load_corpus(args.corpus).tokens(args.split)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    rows = []
+    for n in lengths:
+        for set_name in args.sets.split(","):
+            if set_name == "non_repeated":
+                es = non_repeated_set(tokens, n, args.num_samples)
+            elif set_name == "repeated":
+                es = repeated_set(tokens, n, args.num_samples, train_len=train_len)
+            else:
+                raise ValueError(f"--sets takes repeated and/or non_repeated, got {set_name!r}")
+            s = evaluate_tokens(model, es.tokens, train_len=train_len)
+            rows.append({"length": n, "set": set_name, "accuracy": s["accuracy"],
+                         "loss": s["loss"], "accuracy_beyond": s["accuracy_beyond"]})
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print(markdown_table(["length", "set", "accuracy %", "loss"],
+                             [[r["length"], r["set"], 100 * r["accuracy"], r["loss"]]
+                              for r in rows]))
+    return 0
+
+
+def _cmd_lab_list(args: argparse.Namespace) -> int:
+    from .lab import list_experiments
+
+    for e in list_experiments():
+        print(f"{e['name']:<22} {e['title']}\n{'':<22} reproduces {e['post']} "
+              f"(presets: {e['presets']})")
+    return 0
+
+
+def _cmd_lab_run(args: argparse.Namespace) -> int:
+    from .lab import run_experiment
+
+    report, paths = run_experiment(
+        args.name, preset=args.preset, out_dir=args.out, device=args.device, seed=args.seed,
+        progress=not args.no_progress, cache_dir=args.cache_dir, corpus=args.corpus,
+    )
+    print(f"\n# {report.title}\n\n{report.table_md}\n\n{report.notes}\n")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .lab.report import rebuild_report
+
+    paths = rebuild_report(Path(args.dir))
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="formerlab",
+        description="Tested Transformer components and a lab reproducing kexue.fm's claims.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a byte-level causal LM on a corpus")
+    t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, metrics)")
+    t.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
+                   help="base model/train settings (those of the extrapolation experiment)")
+    t.add_argument("--model-config", help="JSON file of ModelConfig keys to override")
+    t.add_argument("--train-config", help="JSON file of TrainConfig keys to override")
+    t.add_argument("--set", action="append", metavar="SCOPE.KEY=VALUE",
+                   help="override one key, e.g. --set model.hidden_size=64 --set train.steps=100")
+    t.add_argument("--corpus", help="text file or folder (default: Python stdlib sources)")
+    t.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    t.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda:0 ...")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="accuracy/loss of a trained model at several lengths")
+    e.add_argument("checkpoint", type=Path, help="a model folder (e.g. RUN/final)")
+    e.add_argument("--lengths", default="128,512,1024", help="comma-separated test lengths")
+    e.add_argument("--sets", default="non_repeated,repeated", help="evaluation sets")
+    e.add_argument("--num-samples", type=int, default=16)
+    e.add_argument("--train-len", type=int, help="training length (default: from the run)")
+    e.add_argument("--rope-type", default="default", help="RoPE schedule at inference")
+    e.add_argument("--rope-params", help='JSON, e.g. \'{"factor": 8}\'')
+    e.add_argument("--relpos", help='JSON, e.g. \'{"name": "rerope", "window": 32}\'')
+    e.add_argument("--logn", choices=["dagger", "pretrain"], help="log-n scaling")
+    e.add_argument("--corpus", help="text file or folder (default: Python stdlib sources)")
+    e.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    e.add_argument("--device", default="auto")
+    e.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    e.set_defaults(func=_cmd_eval)
+
+    lab = sub.add_parser("lab", help="registered experiments reproducing the blog")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True)
+    ll = lab_sub.add_parser("list", help="list experiments and the posts they reproduce")
+    ll.set_defaults(func=_cmd_lab_list)
+    lr = lab_sub.add_parser("run", help="run one experiment and write its report")
+    lr.add_argument("name", help="experiment name (see `formerlab lab list`)")
+    lr.add_argument("--preset", default="quick", choices=["micro", "quick", "full"])
+    lr.add_argument("--out", type=Path, help="output folder (default runs/NAME-PRESET)")
+    lr.add_argument("--device", default="auto")
+    lr.add_argument("--seed", type=int, default=0)
+    lr.add_argument("--cache-dir", type=Path, help="trained-model cache (default ~/.cache/formerlab)")
+    lr.add_argument("--corpus", help="text file or folder (default: Python stdlib sources)")
+    lr.add_argument("--no-progress", action="store_true")
+    lr.set_defaults(func=_cmd_lab_run)
+
+    r = sub.add_parser("report", help="rebuild table.md and report.html from results.json")
+    r.add_argument("dir", type=Path, help="a lab results folder")
+    r.set_defaults(func=_cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
+        print(f"formerlab: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

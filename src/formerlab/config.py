@@ -1,0 +1,319 @@
+"""Typed, strictly validated configuration dataclasses.
+
+Every config is a dataclass deriving from :class:`Config`: ``from_dict`` rejects unknown keys
+(listing the allowed ones), nested configs round-trip through ``to_dict``/``from_dict``, and
+``save``/``load`` write the JSON that sits beside every checkpoint. Validation raises
+``ValueError`` with the expected and the given value (never ``assert``).
+
+Rope settings use Hugging Face's vocabulary (``rope_type``, ``rope_theta``, ``factor``,
+``original_max_position_embeddings``, ``beta_fast`` ...), so existing HF dicts work as-is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+__all__ = ["Config", "ModelConfig", "TrainConfig", "config_hash"]
+
+C = TypeVar("C", bound="Config")
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+@dataclasses.dataclass
+class Config:
+    """Base class: strict ``from_dict``, round-tripping ``to_dict``, JSON ``save``/``load``."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # overridden by subclasses
+        """Raise ``ValueError`` if a field is out of range."""
+
+    @classmethod
+    def allowed_keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        if not isinstance(data, dict):
+            raise TypeError(f"{cls.__name__}.from_dict expects a dict, got {type(data).__name__}")
+        allowed = cls.allowed_keys()
+        unknown = sorted(set(data) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} key(s) {unknown}; allowed keys: {', '.join(allowed)}"
+            )
+        hints = typing.get_type_hints(cls)
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            tp = _unwrap_optional(hints.get(key))
+            if isinstance(tp, type) and issubclass(tp, Config) and isinstance(value, dict):
+                value = tp.from_dict(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Config):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            elif isinstance(value, dict):
+                value = json.loads(json.dumps(value))
+            out[f.name] = value
+        return out
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied (validated, unknown keys rejected)."""
+        data = self.to_dict()
+        unknown = sorted(set(changes) - set(data))
+        if unknown:
+            raise ValueError(
+                f"unknown {type(self).__name__} key(s) {unknown}; allowed keys: {', '.join(data)}"
+            )
+        data.update(changes)
+        return type(self).from_dict(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls: type[C], path: str | Path) -> C:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {cls.__name__} from {path}: {exc}") from exc
+        return cls.from_dict(data)
+
+
+def config_hash(*configs: Config | dict[str, Any], length: int = 12) -> str:
+    """A stable short hash of one or more configs (used to cache trained checkpoints)."""
+    payload = [c.to_dict() if isinstance(c, Config) else c for c in configs]
+    blob = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if value is None or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+
+
+POSITION_KINDS = ("rope", "sinusoidal", "learned", "nope", "alibi")
+
+
+@dataclasses.dataclass
+class ModelConfig(Config):
+    """Decoder-only language model (and encoder) hyper-parameters.
+
+    Args:
+        vocab_size: Number of token ids (256 for the byte-level default corpus).
+        hidden_size: Model width ``d_model``.
+        num_layers: Number of Transformer blocks.
+        num_heads: Query heads per attention layer.
+        num_kv_heads: Key/value heads (GQA); ``None`` means ``num_heads``.
+        head_dim: Per-head width; ``None`` means ``hidden_size // num_heads``.
+        intermediate_size: FFN inner width; ``None`` means ``4·hidden`` (GELU) or ``8/3·hidden``
+            rounded to a multiple of 8 (SwiGLU).
+        ffn: ``"swiglu"`` or ``"gelu"``.
+        norm: ``"rmsnorm"`` (parameter-free when ``norm_affine=False``) or ``"layernorm"``.
+        norm_position: ``"pre"`` or ``"post"``.
+        position: ``"rope"``, ``"sinusoidal"``, ``"learned"``, ``"nope"`` or ``"alibi"``.
+        rope_theta: RoPE base ``b``.
+        rope_layout: ``"half"`` (HF/NeoX) or ``"interleaved"`` (RoFormer/GPT-J).
+        rope_scaling: HF-style dict (``{"rope_type": "linear", "factor": 4}``) applied at build time.
+        partial_rotary_factor: Fraction of each head's channels that is rotated.
+        max_position_embeddings: Table size of learned positions; the training length otherwise.
+        qk_bias: Bias on the q/k projections (RoPE + Bias, kexue.fm/archives/9577).
+        attention_bias: Bias on all attention projections (BERT style); implies ``qk_bias``.
+        mlp_bias: Bias on FFN projections.
+        normalization: Attention normaliser name (``softmax``, ``softmax_plus`` ...).
+        logn: ``None``, ``"pretrain"`` (entropy-invariant per-row scale) or ``"dagger"``
+            (inference-time query scale); see :mod:`formerlab.position.logn`.
+        logn_base_length: Base length of the log-n factor (512 in the posts).
+        logn_min_len: Optional floor of the visible-key count for ``"pretrain"``.
+        window: Sliding-window size for every layer (``None`` = full attention).
+        tie_word_embeddings: Share the input embedding with the output head.
+        dropout: Residual/embedding dropout probability.
+        attention_dropout: Dropout on attention weights.
+        initializer_range: Std of the normal init of weights.
+    """
+
+    vocab_size: int = 256
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    intermediate_size: int | None = None
+    ffn: str = "swiglu"
+    norm: str = "rmsnorm"
+    norm_affine: bool = True
+    norm_position: str = "pre"
+    norm_eps: float = 1e-6
+    position: str = "rope"
+    rope_theta: float = 10000.0
+    rope_layout: str = "half"
+    rope_scaling: dict[str, Any] | None = None
+    partial_rotary_factor: float = 1.0
+    max_position_embeddings: int = 2048
+    qk_bias: bool = False
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    normalization: str = "softmax"
+    logn: str | None = None
+    logn_base_length: int = 512
+    logn_min_len: int | None = None
+    window: int | None = None
+    tie_word_embeddings: bool = True
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+
+    def validate(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.head_dim is None and self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
+                f"({self.num_heads}) unless head_dim is given"
+            )
+        kv = self.kv_heads
+        if self.num_heads % kv:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({kv})"
+            )
+        _check_choice("ffn", self.ffn, ("swiglu", "gelu", "relu"))
+        _check_choice("norm", self.norm, ("rmsnorm", "layernorm"))
+        _check_choice("norm_position", self.norm_position, ("pre", "post"))
+        _check_choice("position", self.position, POSITION_KINDS)
+        _check_choice("rope_layout", self.rope_layout, ("half", "interleaved"))
+        _check_choice("logn", self.logn, (None, "pretrain", "dagger"))
+        if self.position == "rope" and self.rotary_dim % 2:
+            raise ValueError(
+                f"rotary dimension must be even, got head_dim={self.dim_per_head} × "
+                f"partial_rotary_factor={self.partial_rotary_factor} = {self.rotary_dim}"
+            )
+        if not 0.0 < self.partial_rotary_factor <= 1.0:
+            raise ValueError(
+                f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}"
+            )
+        _check_positive("rope_theta", self.rope_theta)
+        _check_positive("norm_eps", self.norm_eps)
+        _check_positive("max_position_embeddings", self.max_position_embeddings)
+        for name in ("dropout", "attention_dropout"):
+            p = getattr(self, name)
+            if not 0.0 <= p < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {p}")
+        if self.window is not None and self.window <= 0:
+            raise ValueError(f"window must be a positive int or None, got {self.window}")
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    @property
+    def dim_per_head(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.dim_per_head * self.partial_rotary_factor)
+
+    @property
+    def ffn_size(self) -> int:
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        if self.ffn == "swiglu":
+            return 8 * ((8 * self.hidden_size // 3 + 7) // 8)
+        return 4 * self.hidden_size
+
+
+@dataclasses.dataclass
+class TrainConfig(Config):
+    """Optimisation and bookkeeping of one training run.
+
+    Args:
+        steps: Number of optimiser steps.
+        batch_size: Global batch (sequences per optimiser step, over all processes).
+        grad_accum: Micro-batches per step (per process); ``batch_size`` must divide evenly.
+        seq_len: Training length ``L_train`` in tokens.
+        lr: Peak learning rate of AdamW.
+        min_lr_ratio: Final learning rate as a fraction of ``lr``.
+        warmup_steps: Linear warmup length.
+        schedule: ``"cosine"``, ``"linear"`` or ``"constant"`` decay after warmup.
+        weight_decay: AdamW decoupled weight decay (not applied to norms and biases).
+        betas: AdamW betas.
+        grad_clip: Max global gradient norm (``0`` disables clipping).
+        seed: Seed of the initialisation and of the data stream.
+        log_every: Steps between metric lines.
+        checkpoint_every: Steps between checkpoints (``0``: only the final one).
+        keep_checkpoints: Number of step checkpoints to keep on disk.
+    """
+
+    steps: int = 1000
+    batch_size: int = 32
+    grad_accum: int = 1
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be divisible by grad_accum "
+                f"({self.grad_accum})"
+            )
+        _check_positive("lr", self.lr)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("grad_clip", self.grad_clip, allow_zero=True)
+        _check_positive("warmup_steps", self.warmup_steps, allow_zero=True)
+        _check_positive("checkpoint_every", self.checkpoint_every, allow_zero=True)
+        _check_choice("schedule", self.schedule, ("cosine", "linear", "constant"))
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(tuple(self.betas)) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")

@@ -1,0 +1,712 @@
+"""Relative-position maps and ReRoPE / Leaky ReRoPE / InvLeaky ReRoPE attention.
+
+A map ``f`` replaces the relative position ``r = i - j`` seen by RoPE (kexue.fm/archives/9708,
+9728; reference repo bojone/rerope):
+
+    identity:  f(r) = r                                   plain RoPE
+    rerope:    f(r) = r if r < w else w                   ReRoPE, no distance ever exceeds w
+    leaky:     f(r) = r if r < w else w + (r - w)/k       Leaky ReRoPE (k > 1); InvLeaky (k < 1)
+    score_ij = q_iᵀ R_{-f(i-j)} k_j · scale
+
+RoPE only produces scores linear in ``i - j``, so the piecewise map needs two score matrices merged
+*before* masking and softmax: ``S1`` (ordinary RoPE) inside the window and ``S2`` outside, where
+``S2`` rotates q and k at "outer" positions whose difference is ``f(r)`` (ReRoPE: q at ``w``, raw k;
+Leaky: q at ``(i - w)/k + w``, k at ``j/k``). The merge is an explicit ``where(i - j < w, S1, S2)``;
+the ``max`` shortcut of the reference decoder is valid only for ``k ≥ 1`` and is never used here.
+
+Contents:
+
+- :data:`RELPOS_MAPS`, :func:`make_relpos`: the maps (objects with ``f(r)``, ``window``,
+  ``is_identity``, ``outer_positions``).
+- :func:`relpos_scores`, :func:`relpos_attention`: the reference two-pass computation on un-rotated
+  q/k at arbitrary positions (GQA, masks, batched positions).
+- :func:`rerope_attention`: the public causal entry point at positions ``0 … n-1``. Blockwise over
+  query rows; only blocks straddling the window boundary compute both passes (post 9948).
+  ``impl="two_pass"`` merges before one softmax; ``impl="lse_merge"`` runs two masked passes and
+  merges their outputs by log-sum-exp (flash-friendly); both are exact.
+- :class:`ReRoPECache`, :func:`rerope_decode_step`: decoding with a cache of **un-rotated** keys.
+- :func:`naive_relpos_attention`: the per-pair oracle that builds ``R_{-f(i-j)}`` explicitly.
+
+Causal use only is covered by the posts; for ``r < 0`` (bidirectional) every map is the identity.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..registry import Registry
+from .rope import apply_rope, rope_cos_sin
+
+__all__ = [
+    "RELPOS_MAPS",
+    "IdentityMap",
+    "LeakyReRoPEMap",
+    "ReRoPECache",
+    "ReRoPEMap",
+    "RelPosFn",
+    "make_relpos",
+    "naive_relpos_attention",
+    "relpos_attention",
+    "relpos_scores",
+    "rerope_attention",
+    "rerope_decode_step",
+]
+
+RELPOS_MAPS: Registry[type] = Registry("relative-position map")
+
+
+def _check_window(window: Any) -> int:
+    if isinstance(window, bool) or not isinstance(window, int) or window <= 0:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    return window
+
+
+class RelPosFn:
+    """Base class of relative-position maps; subclasses define :meth:`f` and :meth:`outer_positions`."""
+
+    name = "base"
+    window: int | None = None
+    is_identity = False
+
+    def f(self, r: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def outer_positions(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """Positions ``(a_i, c_j)`` of the second pass with ``a_i - c_j = f(i - j)`` for ``i - j ≥ w``."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RelPosFn) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.to_dict().items())))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+@RELPOS_MAPS.register("identity", aliases=("rope",))
+class IdentityMap(RelPosFn):
+    """``f(r) = r``: plain RoPE."""
+
+    name = "identity"
+    is_identity = True
+
+    def f(self, r: Tensor) -> Tensor:
+        return r
+
+
+@RELPOS_MAPS.register("rerope")
+class ReRoPEMap(RelPosFn):
+    """ReRoPE ``f(r) = r if r < w else w`` (kexue.fm/archives/9708)."""
+
+    name = "rerope"
+
+    def __init__(self, window: int) -> None:
+        self.window = _check_window(window)
+
+    def f(self, r: Tensor) -> Tensor:
+        return torch.where(r < self.window, r, torch.full_like(r, float(self.window)))
+
+    def outer_positions(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        return torch.full_like(q_pos, float(self.window)), torch.zeros_like(k_pos)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "window": self.window}
+
+
+@RELPOS_MAPS.register("leaky", aliases=("leaky_rerope",))
+class LeakyReRoPEMap(RelPosFn):
+    """Leaky ReRoPE ``f(r) = r if r < w else w + (r - w)/k`` (kexue.fm/archives/9708).
+
+    ``factor = k > 1`` compresses distances beyond the window; ``k = 1`` is plain RoPE; ``k < 1``
+    stretches them (InvLeaky ReRoPE for training, kexue.fm/archives/9728).
+    """
+
+    name = "leaky"
+
+    def __init__(self, window: int, factor: float) -> None:
+        self.window = _check_window(window)
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not factor > 0:
+            raise ValueError(f"leaky factor must be a number > 0, got {factor!r}")
+        if not math.isfinite(factor):
+            raise ValueError("leaky factor must be finite; use make_relpos('rerope', window=...) for k = ∞")
+        self.factor = float(factor)
+
+    def f(self, r: Tensor) -> Tensor:
+        w = float(self.window)
+        return torch.where(r < w, r, w + (r - w) / self.factor)
+
+    def f_shortcut(self, r: Tensor) -> Tensor:
+        """The reference decoder's ``-f(r) = max(-r, -(w + (r - w)/k))``; valid only for ``k ≥ 1``."""
+        if self.factor < 1:
+            raise ValueError(
+                f"the max shortcut of Leaky ReRoPE is wrong for factor < 1 (InvLeaky), got {self.factor}; "
+                "use f(r), the explicit where form"
+            )
+        w = float(self.window)
+        return -torch.maximum(-r, -(w + (r - w) / self.factor))
+
+    def outer_positions(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
+        w = float(self.window)
+        return (q_pos - w) / self.factor + w, k_pos / self.factor
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "window": self.window, "factor": self.factor}
+
+
+def make_relpos(name: str = "identity", **params: Any) -> RelPosFn:
+    """Build a relative-position map by name: ``identity``, ``rerope(window)``, ``leaky(window, factor)``.
+
+    Unknown names raise ``ValueError`` listing the valid ones; bad parameters raise ``ValueError``.
+    """
+    cls = RELPOS_MAPS.get(name)
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters {sorted(params)} for relative-position map {name!r}: {err}") from None
+
+
+def _as_relpos(relpos: RelPosFn | str | dict | None) -> RelPosFn:
+    if relpos is None:
+        return IdentityMap()
+    if isinstance(relpos, RelPosFn):
+        return relpos
+    if isinstance(relpos, str):
+        return make_relpos(relpos)
+    if isinstance(relpos, dict):
+        d = dict(relpos)
+        return make_relpos(d.pop("name"), **d)
+    raise TypeError(f"relpos must be a RelPosFn, a name or a dict, got {type(relpos).__name__}")
+
+
+def _leaky_or_rerope(window: int | None, leaky_factor: float | None) -> RelPosFn:
+    if window is None:
+        if leaky_factor is not None:
+            raise ValueError("leaky_factor needs a window")
+        return IdentityMap()
+    if leaky_factor is None:
+        return ReRoPEMap(window)
+    return LeakyReRoPEMap(window, leaky_factor)
+
+
+# --------------------------------------------------------------------------------------------
+# validation and small helpers
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, int, int, int, int]:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (batch, heads, seq, head_dim), got {tuple(t.shape)}")
+    b, h, nq, d = q.shape
+    if k.shape[0] != b or v.shape[0] != b:
+        raise ValueError(f"batch sizes differ: q {b}, k {k.shape[0]}, v {v.shape[0]}")
+    if k.shape[-1] != d:
+        raise ValueError(f"q and k head_dim differ: {d} vs {k.shape[-1]}")
+    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must share heads and length")
+    hkv = k.shape[1]
+    if h % hkv:
+        raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({hkv})")
+    return b, h, hkv, nq, k.shape[2]
+
+
+def _rotary_dim(inv_freq: Tensor, head_dim: int, rotary_dim: int | None) -> int:
+    if not isinstance(inv_freq, Tensor) or inv_freq.dim() != 1:
+        raise ValueError("inv_freq must be a 1-D tensor of r/2 inverse frequencies")
+    r = 2 * inv_freq.numel() if rotary_dim is None else rotary_dim
+    if r != 2 * inv_freq.numel() or r > head_dim or r <= 0:
+        raise ValueError(
+            f"rotary_dim ({r}) must equal 2·len(inv_freq) ({2 * inv_freq.numel()}) and be <= head_dim ({head_dim})"
+        )
+    return r
+
+
+def _freqs_for(inv_freq: Tensor, x: Tensor) -> Tensor:
+    """Frequencies in float64 for float64 activations (exactness), else as given (float32)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return inv_freq.to(device=x.device, dtype=dtype)
+
+
+def _positions(pos: Tensor, batch: int, n: int, name: str) -> Tensor:
+    if not isinstance(pos, Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(pos).__name__}")
+    if pos.shape not in ((n,), (batch, n)):
+        raise ValueError(f"{name} must have shape ({n},) or ({batch}, {n}), got {tuple(pos.shape)}")
+    return pos
+
+
+def _rotate(x: Tensor, pos: Tensor, inv_freq: Tensor, layout: str, r: int) -> Tensor:
+    """RoPE of ``x`` ``(B, H, n, d)`` at positions ``(n,)`` or ``(B, n)`` (fractional allowed)."""
+    cos, sin = rope_cos_sin(pos, inv_freq, layout=layout)
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    return apply_rope(x, cos, sin, layout, r)
+
+
+def _gqa_scores(q: Tensor, k: Tensor) -> Tensor:
+    """``q @ kᵀ`` for q ``(B, H, nq, d)`` and k ``(B, Hkv, nk, d)`` -> ``(B, H, nq, nk)``."""
+    b, h, nq, d = q.shape
+    hkv = k.shape[1]
+    if h == hkv:
+        return q @ k.transpose(-1, -2)
+    qg = q.reshape(b, hkv, h // hkv, nq, d)
+    return (qg @ k[:, :, None].transpose(-1, -2)).reshape(b, h, nq, k.shape[2])
+
+
+def _gqa_apply(p: Tensor, v: Tensor) -> Tensor:
+    """``p @ v`` for p ``(B, H, nq, nk)`` and v ``(B, Hkv, nk, d)`` -> ``(B, H, nq, d)``."""
+    b, h, nq, nk = p.shape
+    hkv = v.shape[1]
+    if h == hkv:
+        return p @ v
+    pg = p.reshape(b, hkv, h // hkv, nq, nk)
+    return (pg @ v[:, :, None]).reshape(b, h, nq, v.shape[-1])
+
+
+def _rel(q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    """``i - j`` as ``(nq, nk)`` or ``(B, nq, nk)``, in float64."""
+    qp, kp = q_pos.to(torch.float64), k_pos.to(torch.float64)
+    return qp[..., :, None] - kp[..., None, :]
+
+
+def _bhqk(x: Tensor) -> Tensor:
+    """Lift a ``(nq, nk)`` or ``(B, nq, nk)`` tensor to broadcast against ``(B, H, nq, nk)``."""
+    return x[:, None] if x.dim() == 3 else x
+
+
+def _softmax_weights(s: Tensor, mask: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    """Softmax over keys in float32 (float64 stays float64); fully masked rows give zeros."""
+    work = torch.float64 if s.dtype == torch.float64 else torch.float32
+    s = s.to(work)
+    if mask is not None:
+        s = s.masked_fill(~mask, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    if mask is not None:
+        p = torch.nan_to_num(p, nan=0.0)
+    return p.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# reference two-pass computation
+
+
+def relpos_scores(
+    q: Tensor,
+    k: Tensor,
+    *,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    inv_freq: Tensor,
+    relpos: RelPosFn | str | None = None,
+    layout: str = "half",
+    rotary_dim: int | None = None,
+) -> Tensor:
+    """Merged raw scores ``q_iᵀ R_{-f(i-j)} k_j`` ``(B, H, nq, nk)`` (no scale, no mask).
+
+    Inputs as in :func:`relpos_attention`; ``v`` is not needed.
+    """
+    relpos = _as_relpos(relpos)
+    b, _, _, nq, nk = _check_qkv(q, k, k)
+    r = _rotary_dim(inv_freq, q.shape[-1], rotary_dim)
+    qp = _positions(q_positions, b, nq, "q_positions")
+    kp = _positions(k_positions, b, nk, "k_positions")
+    inv_freq = _freqs_for(inv_freq, q)
+    s1 = _gqa_scores(_rotate(q, qp, inv_freq, layout, r), _rotate(k, kp, inv_freq, layout, r))
+    if relpos.is_identity:
+        return s1
+    qa, kc = relpos.outer_positions(qp.to(torch.float64), kp.to(torch.float64))
+    s2 = _gqa_scores(_rotate(q, qa, inv_freq, layout, r), _rotate(k, kc, inv_freq, layout, r))
+    inside = _bhqk(_rel(qp, kp).to(q.device) < relpos.window)
+    return torch.where(inside, s1, s2)
+
+
+def relpos_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    inv_freq: Tensor,
+    relpos: RelPosFn | str | None = None,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    layout: str = "half",
+    rotary_dim: int | None = None,
+    attention_factor: float = 1.0,
+    return_weights: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Attention with RoPE under a relative-position map, exact two-pass form.
+
+    Args:
+        q: **Un-rotated** queries ``(B, H, nq, d)``.
+        k: **Un-rotated** keys ``(B, Hkv, nk, d)``; ``Hkv`` divides ``H`` (GQA).
+        v: Values ``(B, Hkv, nk, dv)``.
+        q_positions: Absolute query positions ``(nq,)`` or ``(B, nq)`` (may be fractional).
+        k_positions: Absolute key positions ``(nk,)`` or ``(B, nk)``.
+        inv_freq: ``(r/2,)`` inverse frequencies (any schedule).
+        relpos: A :class:`RelPosFn`, a registered name or ``None`` (identity = plain RoPE).
+        mask: Bool mask broadcastable to ``(B, H, nq, nk)``, True = attend; ``None`` = all visible.
+            Applied *after* the merge.
+        scale: Logit scale, default ``1/sqrt(d)``.
+        layout: RoPE layout ``"half"`` or ``"interleaved"``.
+        rotary_dim: Rotated channels (default ``2·len(inv_freq)``); the rest pass through.
+        attention_factor: Hugging Face's cos/sin multiplier (YaRN); logits scale by its square.
+        return_weights: Also return the attention weights ``(B, H, nq, nk)``.
+
+    Returns:
+        ``(B, H, nq, dv)`` in ``q``'s dtype (and the weights if asked). Rows with no visible key
+        give zeros.
+    """
+    b, h, _, nq, nk = _check_qkv(q, k, v)
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool:
+            raise TypeError("mask must be a bool tensor (True = attend)")
+        try:
+            torch.broadcast_shapes(mask.shape, (b, h, nq, nk))
+        except RuntimeError:
+            raise ValueError(f"mask {tuple(mask.shape)} does not broadcast to {(b, h, nq, nk)}") from None
+    s = relpos_scores(
+        q, k, q_positions=q_positions, k_positions=k_positions, inv_freq=inv_freq,
+        relpos=relpos, layout=layout, rotary_dim=rotary_dim,
+    )
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    s = s * (scale * float(attention_factor) ** 2)
+    p = _softmax_weights(s, mask, v.dtype)
+    out = _gqa_apply(p, v).to(q.dtype)
+    return (out, p) if return_weights else out
+
+
+# --------------------------------------------------------------------------------------------
+# fast causal prefill at positions 0..n-1
+
+
+def _rerope_block(
+    q1: Tensor, k1: Tensor, q2: Tensor | None, k2: Tensor | None, v: Tensor,
+    i0: int, i1: int, window: int | None, impl: str, work: torch.dtype,
+) -> Tensor:
+    """Output rows ``i0 … i1-1`` of causal two-pass attention at positions ``0 … n-1``.
+
+    ``q1, k1``: RoPE-rotated (already scaled); ``q2, k2``: second-pass rotated (``None`` for the
+    identity map). Keys ``j < far`` need pass 2 for some rows, keys ``j ≥ near`` pass 1.
+    """
+    dev = q1.device
+    rows = torch.arange(i0, i1, device=dev)
+    if window is None or i1 - window <= 0:
+        near, far = 0, 0
+    else:
+        near, far = max(0, i0 - window + 1), i1 - window
+    qb1 = q1[:, :, i0:i1]
+    s1 = _gqa_scores(qb1, k1[:, :, near:i1]).to(work)
+    cols1 = torch.arange(near, i1, device=dev)
+    rel1 = rows[:, None] - cols1[None, :]
+    # pass 1 is valid for keys inside the window and not in the future
+    ok1 = rel1 >= 0
+    if window is not None:
+        ok1 = ok1 & (rel1 < window)
+    if far == 0:
+        p = _softmax_weights(s1, ok1, work)
+        return _gqa_apply(p, v[:, :, near:i1].to(work))
+    s2 = _gqa_scores(q2[:, :, i0:i1], k2[:, :, :far]).to(work)  # type: ignore[index]
+    cols2 = torch.arange(0, far, device=dev)
+    ok2 = (rows[:, None] - cols2[None, :]) >= window
+    if impl == "two_pass":
+        # one softmax over [pass-2 keys 0..near) ++ merged overlap [near, far) ++ pass-1 keys [far, i1)
+        overlap = torch.where(ok1[:, : far - near], s1[..., : far - near], s2[..., near:far])
+        s = torch.cat([s2[..., :near], overlap, s1[..., far - near :]], dim=-1)
+        valid = torch.cat([ok2[:, :near], ok1[:, : far - near] | ok2[:, near:far], ok1[:, far - near :]], -1)
+        p = _softmax_weights(s, valid, work)
+        return _gqa_apply(p, v[:, :, :i1].to(work))
+    # lse_merge: two independently normalised passes merged by their log-sum-exp
+    s1 = s1.masked_fill(~ok1, float("-inf"))
+    s2 = s2.masked_fill(~ok2, float("-inf"))
+    lse1 = torch.logsumexp(s1, dim=-1, keepdim=True)
+    lse2 = torch.logsumexp(s2, dim=-1, keepdim=True)
+    o1 = _gqa_apply(torch.nan_to_num(torch.exp(s1 - lse1), nan=0.0), v[:, :, near:i1].to(work))
+    o2 = _gqa_apply(torch.nan_to_num(torch.exp(s2 - lse2), nan=0.0), v[:, :, :far].to(work))
+    m = torch.maximum(lse1, lse2)
+    w1, w2 = torch.exp(lse1 - m), torch.exp(lse2 - m)
+    return (w1 * o1 + w2 * o2) / (w1 + w2)
+
+
+def rerope_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    inv_freq: Tensor,
+    window: int | None,
+    leaky_factor: float | None = None,
+    causal: bool = True,
+    layout: str = "half",
+    impl: str = "two_pass",
+    scale: float | None = None,
+    rotary_dim: int | None = None,
+    attention_factor: float = 1.0,
+    block_size: int = 512,
+) -> Tensor:
+    """ReRoPE / Leaky ReRoPE attention on un-rotated ``(B, H, n, d)`` tensors at positions ``0 … n-1``.
+
+    Args:
+        q, k, v: Un-rotated queries ``(B, H, n, d)``, keys/values ``(B, Hkv, n, d)`` (GQA allowed).
+        inv_freq: ``(r/2,)`` inverse frequencies.
+        window: ReRoPE window ``w`` (relative positions ``< w`` are exact); ``None`` = plain RoPE.
+        leaky_factor: ``None`` for ReRoPE; ``k`` for Leaky ReRoPE (``k < 1``: InvLeaky).
+        causal: Causal mask (the fast blockwise path); ``False`` uses :func:`relpos_attention`
+            (negative distances are left unchanged, ``f(r) = r`` for ``r < 0``).
+        layout: RoPE layout.
+        impl: ``"two_pass"`` (merge, then one softmax) or ``"lse_merge"`` (two masked softmax
+            passes merged by log-sum-exp); equal up to rounding.
+        scale: Logit scale (default ``1/sqrt(d)``); fold a log-n factor into ``q`` beforehand.
+        rotary_dim: Rotated channels (partial rotary); default ``2·len(inv_freq)``.
+        attention_factor: cos/sin multiplier as in Hugging Face (logits scale by its square).
+        block_size: Query rows per block (memory ``O(block_size · n)`` per head).
+
+    Returns:
+        ``(B, H, n, d)`` in ``q``'s dtype.
+    """
+    _, _, _, n, nk = _check_qkv(q, k, v)
+    if nk != n:
+        raise ValueError(f"rerope_attention is self-attention at positions 0..n-1: q has {n}, k has {nk}")
+    if impl not in ("two_pass", "lse_merge"):
+        raise ValueError(f"impl must be 'two_pass' or 'lse_merge', got {impl!r}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    relpos = _leaky_or_rerope(window, leaky_factor)
+    pos = torch.arange(n, device=q.device)
+    if not causal:
+        return relpos_attention(  # type: ignore[return-value]
+            q, k, v, q_positions=pos, k_positions=pos, inv_freq=inv_freq, relpos=relpos,
+            scale=scale, layout=layout, rotary_dim=rotary_dim, attention_factor=attention_factor,
+        )
+    r = _rotary_dim(inv_freq, q.shape[-1], rotary_dim)
+    inv_freq = _freqs_for(inv_freq, q)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    qs = q * (scale * float(attention_factor) ** 2)
+    q1, k1 = _rotate(qs, pos, inv_freq, layout, r), _rotate(k, pos, inv_freq, layout, r)
+    q2 = k2 = None
+    if not relpos.is_identity and n > relpos.window:  # type: ignore[operator]
+        qa, kc = relpos.outer_positions(pos.to(torch.float64), pos.to(torch.float64))
+        q2 = _rotate(qs, qa, inv_freq, layout, r)
+        k2 = k if isinstance(relpos, ReRoPEMap) else _rotate(k, kc, inv_freq, layout, r)
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    outs = [
+        _rerope_block(q1, k1, q2, k2, v, i0, min(i0 + block_size, n), relpos.window, impl, work)
+        for i0 in range(0, n, block_size)
+    ]
+    return torch.cat(outs, dim=2).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# decoding with a cache of un-rotated keys
+
+
+class ReRoPECache:
+    """KV cache of **un-rotated** keys, values and their positions (one layer).
+
+    Args:
+        inv_freq: ``(r/2,)`` inverse frequencies used at read time.
+        layout: RoPE layout.
+        rotary_dim: Rotated channels (default ``2·len(inv_freq)``).
+
+    Keys are rotated when read, so the frequencies may change between steps (dynamic NTK stays
+    exact). Rotated copies for the Leaky second pass (keys at ``j/k``) are kept incrementally.
+    """
+
+    def __init__(self, inv_freq: Tensor, *, layout: str = "half", rotary_dim: int | None = None) -> None:
+        if not isinstance(inv_freq, Tensor) or inv_freq.dim() != 1:
+            raise ValueError("inv_freq must be a 1-D tensor of r/2 inverse frequencies")
+        self.inv_freq = inv_freq
+        self.layout = layout
+        self.rotary_dim = 2 * inv_freq.numel() if rotary_dim is None else rotary_dim
+        self.reset()
+
+    def reset(self) -> None:
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self.positions: Tensor | None = None
+        self._scaled: dict[float, Tensor] = {}
+
+    def __len__(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def update(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> None:
+        """Append un-rotated keys ``(B, Hkv, m, d)`` and values at ``positions`` ``(m,)``.
+
+        Positions default to continuing after the last cached one (from 0); they must increase.
+        """
+        if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
+            raise ValueError(f"k and v must be (B, Hkv, m, d) with matching leading dims, got {tuple(k.shape)}, {tuple(v.shape)}")
+        m = k.shape[2]
+        if positions is None:
+            start = 0 if self.positions is None else int(self.positions[-1].item()) + 1
+            positions = torch.arange(start, start + m, device=k.device)
+        if positions.shape != (m,):
+            raise ValueError(f"positions must have shape ({m},), got {tuple(positions.shape)}")
+        if self.keys is not None:
+            if k.shape[:2] != self.keys.shape[:2] or k.shape[-1] != self.keys.shape[-1]:
+                raise ValueError(f"k {tuple(k.shape)} does not match the cached keys {tuple(self.keys.shape)}")
+        allpos = positions if self.positions is None else torch.cat([self.positions, positions.to(self.positions)])
+        if allpos.numel() > 1 and not bool((allpos[1:] > allpos[:-1]).all()):
+            raise ValueError("cache positions must be strictly increasing")
+        for sc in list(self._scaled):
+            extra = self._rotate(k, positions.to(torch.float64) * sc)
+            self._scaled[sc] = torch.cat([self._scaled[sc], extra], dim=2)
+        self.keys = k if self.keys is None else torch.cat([self.keys, k], dim=2)
+        self.values = v if self.values is None else torch.cat([self.values, v], dim=2)
+        self.positions = allpos
+
+    def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
+        return _rotate(x, pos, _freqs_for(self.inv_freq, x), self.layout, self.rotary_dim)
+
+    def scaled_rotated_keys(self, scale: float) -> Tensor:
+        """Keys rotated at ``positions·scale`` (kept and extended incrementally)."""
+        if self.keys is None or self.positions is None:
+            raise ValueError("the cache is empty")
+        if scale not in self._scaled:
+            self._scaled[scale] = self._rotate(self.keys, self.positions.to(torch.float64) * scale)
+        return self._scaled[scale]
+
+
+def rerope_decode_step(
+    q: Tensor,
+    cache: ReRoPECache,
+    window: int | None,
+    leaky_k: float | None = None,
+    *,
+    q_positions: Tensor | None = None,
+    scale: float | None = None,
+    attention_factor: float = 1.0,
+) -> Tensor:
+    """Attend ``q`` ``(B, H, m, d)`` (un-rotated) to every cached key, causally.
+
+    Append the new tokens' keys/values with :meth:`ReRoPECache.update` first; by default the
+    queries sit at the last ``m`` cached positions. Only the last ``w + m`` keys are rotated per call
+    (pass 1); for ReRoPE the far keys are used raw with the query rotated by ``w``.
+
+    Args:
+        window: ReRoPE window; ``None`` = plain RoPE.
+        leaky_k: Leaky factor (``None`` = ReRoPE); ``k < 1`` (InvLeaky) uses the explicit form.
+    """
+    if len(cache) == 0:
+        raise ValueError("the cache is empty; call cache.update(k, v) with the new tokens first")
+    keys, values, kpos = cache.keys, cache.values, cache.positions
+    if keys is None or values is None or kpos is None:  # pragma: no cover - guarded by len()
+        raise ValueError("the cache is empty")
+    _, _, _, m, nk = _check_qkv(q, keys, values)
+    relpos = _leaky_or_rerope(window, leaky_k)
+    if q_positions is None:
+        if m > nk:
+            raise ValueError(f"{m} queries but only {nk} cached keys")
+        q_positions = kpos[-m:]
+    if q_positions.shape != (m,):
+        raise ValueError(f"q_positions must have shape ({m},), got {tuple(q_positions.shape)}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    qs = q * (scale * float(attention_factor) ** 2)
+    qp, kp = q_positions.to(torch.float64), kpos.to(torch.float64)
+    w = relpos.window
+    if w is None:
+        near, far = 0, 0
+    else:  # keys j >= near may be inside the window for some query; keys j < far outside for some
+        near = int(torch.searchsorted(kp, qp.min() - w, right=True))
+        far = int(torch.searchsorted(kp, qp.max() - w, right=True))
+    work = torch.float64 if q.dtype == torch.float64 else torch.float32
+    # pass 1 needs RoPE-rotated keys; with a window only the last keys are rotated per call
+    k1 = cache.scaled_rotated_keys(1.0) if w is None else cache._rotate(keys[:, :, near:], kp[near:])
+    s1 = _gqa_scores(cache._rotate(qs, qp), k1).to(work)
+    rel1 = qp[:, None] - kp[None, near:]
+    ok1 = rel1 >= 0
+    if w is not None:
+        ok1 = ok1 & (rel1 < w)
+    ok1 = ok1.to(q.device)
+    if far == 0:
+        p = _softmax_weights(s1, ok1, work)
+        return _gqa_apply(p, values[:, :, near:].to(work)).to(q.dtype)
+    qa, _ = relpos.outer_positions(qp, kp)
+    if isinstance(relpos, ReRoPEMap):
+        k2 = keys[:, :, :far]
+    else:
+        k2 = cache.scaled_rotated_keys(1.0 / relpos.factor)[:, :, :far]  # type: ignore[attr-defined]
+    s2 = _gqa_scores(cache._rotate(qs, qa), k2).to(work)
+    ok2 = ((qp[:, None] - kp[None, :far]) >= w).to(q.device)
+    overlap = torch.where(ok1[:, : far - near], s1[..., : far - near], s2[..., near:far])
+    s = torch.cat([s2[..., :near], overlap, s1[..., far - near :]], dim=-1)
+    valid = torch.cat([ok2[:, :near], ok1[:, : far - near] | ok2[:, near:far], ok1[:, far - near :]], -1)
+    p = _softmax_weights(s, valid, work)
+    return _gqa_apply(p, values.to(work)).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# the naive per-pair oracle
+
+
+def _pair_channels(r: int, layout: str) -> list[tuple[int, int]]:
+    if layout == "half":
+        return [(i, i + r // 2) for i in range(r // 2)]
+    if layout == "interleaved":
+        return [(2 * i, 2 * i + 1) for i in range(r // 2)]
+    raise ValueError(f"layout must be 'half' or 'interleaved', got {layout!r}")
+
+
+def _rotation_matrix(angles: Tensor, d: int, pairs: list[tuple[int, int]]) -> Tensor:
+    """Explicit ``d×d`` block rotation: pair ``(a, b)`` rotated by ``angles[t]``; other channels fixed."""
+    rot = torch.eye(d, dtype=torch.float64)
+    c, s = torch.cos(angles), torch.sin(angles)
+    for t, (a, b) in enumerate(pairs):
+        rot[a, a], rot[a, b], rot[b, a], rot[b, b] = c[t], -s[t], s[t], c[t]
+    return rot
+
+
+def naive_relpos_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    q_positions: Tensor,
+    k_positions: Tensor,
+    inv_freq: Tensor,
+    relpos: RelPosFn | str | None = None,
+    mask: Tensor | None = None,
+    scale: float | None = None,
+    layout: str = "half",
+    rotary_dim: int | None = None,
+) -> Tensor:
+    """Oracle: ``S_ij = q_iᵀ R_{-f(i-j)} k_j · scale`` with ``R`` built per pair; O(nq·nk·d²).
+
+    Positions are 1-D. Computed in float64 whatever the input dtype; meant for ``n ≤ 64``.
+    """
+    relpos = _as_relpos(relpos)
+    b, h, hkv, nq, nk = _check_qkv(q, k, v)
+    d = q.shape[-1]
+    r = _rotary_dim(inv_freq, d, rotary_dim)
+    pairs = _pair_channels(r, layout)
+    qd, kd, vd = q.double(), k.double(), v.double()
+    kd = kd.repeat_interleave(h // hkv, dim=1)
+    vd = vd.repeat_interleave(h // hkv, dim=1)
+    theta = inv_freq.double().cpu()
+    scale = d**-0.5 if scale is None else float(scale)
+    s = torch.empty(b, h, nq, nk, dtype=torch.float64)
+    rotations: dict[float, Tensor] = {}  # R_{-f(r)} per distinct relative position r
+    qd, kd = qd.cpu(), kd.cpu()
+    for i in range(nq):
+        for j in range(nk):
+            rel = float(q_positions[i]) - float(k_positions[j])
+            if rel not in rotations:
+                angle = -relpos.f(torch.tensor(rel, dtype=torch.float64)) * theta
+                rotations[rel] = _rotation_matrix(angle, d, pairs)
+            s[:, :, i, j] = ((qd[:, :, i] @ rotations[rel]) * kd[:, :, j]).sum(-1) * scale
+    if mask is not None:
+        s = s.masked_fill(~mask.cpu(), float("-inf"))
+    p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
+    return (p @ vd.cpu()).to(device=q.device)

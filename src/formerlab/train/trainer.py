@@ -1,0 +1,215 @@
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, DDP, atomic checkpoints.
+
+Determinism: the batch of step ``s`` is a function of ``(seed, s)`` only
+(:mod:`formerlab.data.batching`), the learning rate is a function of ``s``
+(:mod:`formerlab.train.schedules`) and a checkpoint stores every optimizer tensor and the RNG
+state, so a run killed at any moment and resumed with ``resume=True`` ends with the same weights
+as an uninterrupted run, bit for bit on CPU (tested with ``SIGKILL``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from ..config import ModelConfig, TrainConfig
+from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .distributed import DistInfo, resolve_device
+from .schedules import lr_at
+
+__all__ = ["BatchFn", "TrainSummary", "Trainer", "build_optimizer"]
+
+#: ``batch_fn(step, rows) -> (input_ids, labels or None)``: rows of the step's global batch
+BatchFn = Callable[[int, slice], tuple[Tensor, Tensor | None]]
+
+
+@dataclasses.dataclass
+class TrainSummary:
+    steps: int
+    final_loss: float
+    tokens_per_second: float
+    seconds: float
+    resumed_from: int | None = None
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with decoupled weight decay on matrices only (not on norms and biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():  # deduplicates tied weights
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), foreach=False)
+
+
+class Trainer:
+    """Trains ``model`` on batches from ``batch_fn``.
+
+    Args:
+        model: A module whose ``forward(input_ids, labels=...)`` returns an object with ``loss``.
+        model_config: Saved beside every checkpoint (and checked on resume).
+        train_config: Optimisation settings.
+        batch_fn: ``(step, rows) -> (input_ids, labels)``; deterministic in ``step``.
+        out_dir: Run folder (``metrics.jsonl``, ``checkpoints/``, ``final/``); ``None`` keeps
+            everything in memory.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"`` ...
+        progress: Show a progress bar with loss and tokens/s (main process only).
+        dist_info: Data-parallel rank/world (from :func:`~formerlab.train.init_distributed`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        model_config: ModelConfig,
+        train_config: TrainConfig,
+        batch_fn: BatchFn,
+        *,
+        out_dir: str | Path | None = None,
+        device: str | torch.device = "auto",
+        progress: bool = True,
+        dist_info: DistInfo | None = None,
+    ) -> None:
+        self.cfg = train_config
+        self.model_config = model_config
+        self.batch_fn = batch_fn
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.dist = dist_info or DistInfo()
+        if self.cfg.batch_size % (self.dist.world_size * self.cfg.grad_accum):
+            raise ValueError(
+                f"batch_size ({self.cfg.batch_size}) must be divisible by world_size × "
+                f"grad_accum ({self.dist.world_size} × {self.cfg.grad_accum})"
+            )
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, self.cfg)
+        self.ddp: nn.Module = self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return self.out_dir / "checkpoints" if self.out_dir is not None else None
+
+    def _rows(self, micro: int) -> slice:
+        local = self.cfg.batch_size // self.dist.world_size
+        size = local // self.cfg.grad_accum
+        start = self.dist.rank * local + micro * size
+        return slice(start, start + size)
+
+    def _log(self, record: dict[str, Any]) -> None:
+        if self.out_dir is None or not self.dist.is_main:
+            return
+        with open(self.out_dir / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+    def _save(self, step: int) -> None:
+        if self.checkpoint_dir is not None and self.dist.is_main:
+            save_checkpoint(
+                self.checkpoint_dir, step, self.model, self.optimizer, self.model_config,
+                self.cfg, keep=self.cfg.keep_checkpoints,
+            )
+        if self.dist.enabled:
+            dist.barrier()
+
+    def train(self, resume: bool = False) -> TrainSummary:
+        """Run to ``train_config.steps``; ``resume=True`` continues from the latest checkpoint."""
+        cfg = self.cfg
+        start, resumed = 0, None
+        if self.out_dir is not None and self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            ckpt = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+            if ckpt is not None:
+                state = load_checkpoint(ckpt, self.model, self.optimizer, self.model_config, cfg)
+                start = resumed = int(state["step"])
+        bar = None
+        if self.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
+                       dynamic_ncols=True, leave=False)
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        t0 = time.perf_counter()
+        last_t, last_loss, done = t0, float("nan"), start
+        self.ddp.train()
+        try:
+            for step in range(start, cfg.steps):
+                loss = self._step(step)
+                done = step + 1
+                now = time.perf_counter()
+                tps = tokens_per_step / max(now - last_t, 1e-9)
+                last_t, last_loss = now, loss
+                if bar is not None:
+                    bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{tps:,.0f}")
+                    bar.update(1)
+                if done % cfg.log_every == 0 or done == cfg.steps:
+                    self._log({"step": done, "loss": loss, "lr": lr_at(step, cfg),
+                               "tokens_per_s": tps, "elapsed_s": now - t0})
+                if cfg.checkpoint_every and done % cfg.checkpoint_every == 0 and done < cfg.steps:
+                    self._save(done)
+        except KeyboardInterrupt:
+            if bar is not None:
+                bar.close()
+            where = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
+            print(f"\ninterrupted at step {done}; last complete checkpoint: {where or 'none'} "
+                  "(continue with --resume)")
+            raise
+        if bar is not None:
+            bar.close()
+        if start < cfg.steps or resumed is None:
+            self._save(cfg.steps)
+        if self.out_dir is not None and self.dist.is_main and hasattr(self.model, "save_pretrained"):
+            self.model.save_pretrained(self.out_dir / "final")
+            cfg.save(self.out_dir / "final" / "train_config.json")
+        seconds = time.perf_counter() - t0
+        steps_run = cfg.steps - start
+        return TrainSummary(
+            steps=cfg.steps,
+            final_loss=last_loss,
+            tokens_per_second=steps_run * tokens_per_step / seconds if steps_run else 0.0,
+            seconds=seconds,
+            resumed_from=resumed,
+        )
+
+    def _step(self, step: int) -> float:
+        cfg = self.cfg
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        total = torch.zeros((), device=self.device)
+        for micro in range(cfg.grad_accum):
+            ids, labels = self.batch_fn(step, self._rows(micro))
+            ids = ids.to(self.device)
+            labels = ids if labels is None else labels.to(self.device)
+            sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
+            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
+            with ctx:
+                out = self.ddp(ids, labels=labels)
+                loss = out.loss / cfg.grad_accum
+                loss.backward()
+            total += loss.detach()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.dist.enabled:
+            dist.all_reduce(total)
+            total /= self.dist.world_size
+        value = float(total)
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate")
+        return value

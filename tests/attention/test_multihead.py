@@ -1,0 +1,87 @@
+"""MHA/GQA: cached decoding equals the full forward; padding; hooks."""
+
+import pytest
+import torch
+
+from formerlab.attention import MultiHeadAttention
+from formerlab.position import RotaryEmbedding
+
+
+def make(num_kv=2, **kw):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(32, 4, num_kv, **kw).double()
+    attn.rotary = RotaryEmbedding(8, layout=kw.pop("layout", "half"))
+    return attn
+
+
+@pytest.mark.parametrize("num_kv", [4, 2, 1])
+def test_cache_parity(num_kv):
+    attn = make(num_kv)
+    x = torch.randn(2, 9, 32, dtype=torch.float64)
+    pos = torch.arange(9)
+    full, _, _ = attn(x, pos)
+    out1, cache, _ = attn(x[:, :5], pos[:5], use_cache=True)
+    outs = [out1]
+    for t in range(5, 9):
+        o, cache, _ = attn(x[:, t : t + 1], pos[t : t + 1], past=cache, use_cache=True)
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-12, atol=1e-12)
+
+
+def test_left_padding_matches_unpadded():
+    attn = make(2)
+    x = torch.randn(1, 5, 32, dtype=torch.float64)
+    pad = torch.randn(1, 3, 32, dtype=torch.float64)
+    ref, _, _ = attn(x, torch.arange(5))
+    xp = torch.cat([pad, x], 1)
+    keep = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    # positions restart at the first real token, as Hugging Face generate() does
+    pos = torch.tensor([[0, 0, 0, 0, 1, 2, 3, 4]])
+    out, _, _ = attn(xp, pos, key_padding=keep)
+    torch.testing.assert_close(out[:, 3:], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_query_scale_hook_is_applied():
+    attn = make(4)
+    x = torch.randn(1, 6, 32, dtype=torch.float64)
+    base, _, _ = attn(x, torch.arange(6))
+
+    class Double:
+        def query_factor(self, q_positions, counts):
+            return torch.full(q_positions.shape, 2.0)
+
+    attn.query_scale = Double()
+    scaled, _, _ = attn(x, torch.arange(6))
+    assert not torch.allclose(base, scaled)
+    # doubling every query equals doubling the score scale
+    attn.query_scale = None
+    q = attn._split(attn.q_proj(x), 4)
+    k = attn._split(attn.k_proj(x), attn.num_kv_heads)
+    v = attn._split(attn.v_proj(x), attn.num_kv_heads)
+    q, k = attn.rotary.rotate(q, torch.arange(6)), attn.rotary.rotate(k, torch.arange(6))
+    from formerlab.attention import scaled_dot_product
+
+    o = scaled_dot_product(q, k, v, is_causal=True, scale=2 / 8**0.5)
+    ref = attn.o_proj(o.transpose(1, 2).reshape(1, 6, 32))
+    torch.testing.assert_close(scaled, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cache_mismatch_after_method_change_is_an_error():
+    attn = make(4)
+    attn.rotary.set_schedule("default")
+    x = torch.randn(1, 4, 32, dtype=torch.float64)
+    _, cache, _ = attn(x, torch.arange(4), use_cache=True)
+
+    class Identity:
+        is_identity = False
+
+    attn.relpos = Identity()
+    with pytest.raises(ValueError, match="different position method"):
+        attn(x[:, :1], torch.tensor([4]), past=cache)
+
+
+def test_bad_heads():
+    with pytest.raises(ValueError, match="divisible by num_heads"):
+        MultiHeadAttention(30, 4)
+    with pytest.raises(ValueError, match="divisible by num_kv_heads"):
+        MultiHeadAttention(32, 4, 3)

@@ -1,0 +1,70 @@
+"""The extrapolation experiment on the micro preset: files, exact identities, cache reuse."""
+
+import json
+
+import pytest
+
+from formerlab.lab import list_experiments, rebuild_report, run_experiment
+from formerlab.lab.experiments.extrapolation import (
+    METHODS,
+    ExtrapolationConfig,
+    preset_config,
+)
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("micro")
+    cache = tmp_path_factory.mktemp("cache")
+    report, paths = run_experiment("extrapolation", preset="micro", out_dir=out, device="cpu",
+                                   progress=False, cache_dir=cache)
+    return report, paths, out, cache
+
+
+def test_writes_every_output(micro_run):
+    _, paths, out, _ = micro_run
+    data = json.loads(paths["results"].read_text())
+    assert data["experiment"] == "extrapolation"
+    keys = {"method", "length", "set", "accuracy", "loss"}
+    assert all(keys <= set(r) for r in data["rows"])
+    assert {r["set"] for r in data["rows"]} == {"repeated", "non_repeated", "last_n"}
+    assert {r["length"] for r in data["rows"] if r["set"] != "last_n"} == {32, 128}
+    table = paths["table"].read_text()
+    assert "| method | 32 (train) | 128 rep. | 128 non-rep." in table
+    html = paths["html"].read_text()
+    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
+    assert (out / "accuracy_repeated.png").stat().st_size > 1000
+
+
+def test_inference_methods_equal_baseline_at_train_length(micro_run):
+    report, *_ = micro_run
+    at_train = {(r["method"], r["set"]): (r["accuracy"], r["loss"]) for r in report.rows
+                if r["length"] == 32 and r["set"] != "last_n"}
+    for (method, set_name), value in at_train.items():
+        assert value == at_train[("baseline", set_name)], method
+
+
+def test_cache_is_reused(micro_run, tmp_path):
+    _, _, _, cache = micro_run
+    report, _ = run_experiment("extrapolation", preset="micro", out_dir=tmp_path, device="cpu",
+                               progress=False, cache_dir=cache)
+    assert report.meta["training"]["rope"]["cached"] is True
+
+
+def test_rebuild_report(micro_run):
+    _, paths, out, _ = micro_run
+    paths["html"].unlink()
+    rebuilt = rebuild_report(out)
+    assert rebuilt["html"].is_file()
+
+
+def test_listing_and_errors(tmp_path):
+    names = [e["name"] for e in list_experiments()]
+    assert "extrapolation" in names
+    with pytest.raises(ValueError, match="valid experiment names: .*extrapolation"):
+        run_experiment("extrapolaton", out_dir=tmp_path)
+    with pytest.raises(ValueError, match="valid extrapolation method names"):
+        ExtrapolationConfig(methods=["baseline", "magic"])
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_config("huge")
+    assert {"baseline", "pi", "ntk_old", "nope", "sinusoidal"} <= set(METHODS)

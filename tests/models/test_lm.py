@@ -133,3 +133,34 @@ def test_corrupted_and_mismatched_checkpoints(tmp_path, tiny_config):
         other.load_weights(load_file(str(tmp_path / "m2" / "model.safetensors")))
     with pytest.raises(CheckpointError, match="does not exist"):
         CausalLM.from_pretrained(tmp_path / "nowhere")
+
+
+def test_explicit_4d_mask_prefix_lm(tiny_config):
+    """A prefix mask lets early tokens see later prefix tokens; the causal default does not."""
+    torch.manual_seed(0)
+    m = CausalLM(tiny_config).double().eval()
+    x = ids(n=8)
+    causal = torch.ones(8, 8, dtype=torch.bool).tril()
+    torch.testing.assert_close(m(x, attention_mask=causal[None, None]).logits, m(x).logits)
+    prefix = causal.clone()
+    prefix[:, :4] = True
+    a = m(x, attention_mask=prefix[None, None]).logits
+    x2 = x.clone()
+    x2[:, 3] = (x2[:, 3] + 1) % 64
+    b = m(x2, attention_mask=prefix[None, None]).logits
+    assert not torch.allclose(a[:, 0], b[:, 0]), "token 0 must see prefix token 3"
+    with pytest.raises(ValueError, match="mask must be a bool tensor"):
+        m(x, attention_mask=prefix[None, None].float())
+
+
+def test_gradient_checkpointing_gives_identical_gradients(tiny_config):
+    torch.manual_seed(0)
+    m = CausalLM(tiny_config).double()
+    x = ids()
+    m(x, labels=x).loss.backward()
+    ref = {k: p.grad.clone() for k, p in m.named_parameters()}
+    m.zero_grad()
+    m.gradient_checkpointing_enable()
+    m(x, labels=x).loss.backward()
+    for k, p in m.named_parameters():
+        torch.testing.assert_close(p.grad, ref[k], rtol=0, atol=0, msg=k)

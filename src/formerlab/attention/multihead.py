@@ -163,6 +163,7 @@ class MultiHeadAttention(nn.Module):
         past: KVCache | None = None,
         use_cache: bool = False,
         return_weights: bool = False,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, KVCache | None, Tensor | None]:
         """Attend over the past cache and ``x``.
 
@@ -173,6 +174,9 @@ class MultiHeadAttention(nn.Module):
             past: This layer's cache from earlier calls.
             use_cache: Return the updated cache.
             return_weights: Also return attention weights (explicit path).
+            mask: Explicit boolean mask ``(B|1, H|1, n, past + n)`` (``True`` = may attend),
+                e.g. a UniLM/prefix mask from :mod:`formerlab.attention.masks`; it replaces
+                the causal/window mask (key padding still applies).
 
         Returns:
             ``(output (B, n, hidden), cache or None, weights or None)``.
@@ -204,9 +208,21 @@ class MultiHeadAttention(nn.Module):
         nk = new_k.shape[-2]
         cache = KVCache(new_k, v, k_pos, rotated=not raw) if use_cache else None
 
+        explicit = mask
         plain = past is None and key_padding is None and self.window is None
         mask = None
-        if not plain or (self.causal and self._relpos_active()):
+        if explicit is not None:
+            if explicit.dtype != torch.bool or explicit.dim() != 4 or explicit.shape[-2:] != (n, nk):
+                raise ValueError(
+                    f"mask must be a bool tensor (B|1, H|1, {n}, {nk}), got "
+                    f"{explicit.dtype} {tuple(explicit.shape)}"
+                )
+            mask = explicit
+            pad = build_attention_mask(n, nk, causal=False, key_padding=key_padding,
+                                       device=x.device)
+            if pad is not None:
+                mask = mask & pad
+        elif not plain or (self.causal and self._relpos_active()):
             mask = build_attention_mask(
                 n, nk, causal=self.causal, window=self.window, key_padding=key_padding,
                 device=x.device,
@@ -245,7 +261,8 @@ class MultiHeadAttention(nn.Module):
                 if raw:
                     keys = self.rotary.rotate(new_k, k_pos, seq_len)
             res = scaled_dot_product(
-                q, keys, v, mask=mask, is_causal=self.causal and mask is None, bias=bias,
+                q, keys, v, mask=mask, is_causal=self.causal and mask is None and explicit is None,
+                bias=bias,
                 normalization=self.normalization,
                 normalization_options=self.normalization_options,
                 dropout_p=dropout, return_weights=return_weights,

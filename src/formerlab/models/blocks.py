@@ -51,9 +51,10 @@ class DecoderBlock(nn.Module):
         past: KVCache | None = None,
         use_cache: bool = False,
         return_weights: bool = False,
+        mask: Tensor | None = None,
     ) -> tuple[Tensor, KVCache | None, Tensor | None]:
         kw = dict(key_padding=key_padding, past=past, use_cache=use_cache,
-                  return_weights=return_weights)
+                  return_weights=return_weights, mask=mask)
         if self.norm_position == "pre":
             a, cache, w = self.self_attn(self.attn_norm(x), positions, **kw)
             x = x + self.dropout(a)

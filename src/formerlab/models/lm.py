@@ -45,7 +45,9 @@ class CausalLM(nn.Module):
     ``forward(input_ids, attention_mask=None, position_ids=None, labels=None,
     past_key_values=None, use_cache=False, output_hidden_states=False,
     output_attentions=False)`` returns a :class:`~formerlab.models.CausalLMOutput`. ``labels``
-    are shifted inside (as in Hugging Face); ``-100`` is ignored.
+    are shifted inside (as in Hugging Face); ``-100`` is ignored. ``attention_mask`` is either
+    Hugging Face's ``(B, past + n)`` padding mask (1 keep, 0 pad) or an explicit boolean
+    ``(B|1, H|1, n, past + n)`` mask (``True`` = may attend), e.g. a UniLM/prefix mask.
     """
 
     def __init__(self, config: ModelConfig | dict[str, Any]) -> None:
@@ -93,6 +95,7 @@ class CausalLM(nn.Module):
 
             self._alibi = _alibi
         self._position_method: dict[str, Any] = {}
+        self.gradient_checkpointing = False
         self.reset_position_method()
         self.apply(self._init_weights)
         resid_std = c.initializer_range / math.sqrt(2 * c.num_layers)
@@ -190,6 +193,14 @@ class CausalLM(nn.Module):
     def position_method(self) -> dict[str, Any]:
         return dict(self._position_method)
 
+    def gradient_checkpointing_enable(self) -> None:
+        """Recompute each block's activations in backward instead of storing them
+        (``torch.utils.checkpoint``, ``use_reentrant=False``; kexue.fm/archives/7367)."""
+        self.gradient_checkpointing = True
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing = False
+
     # -- forward -----------------------------------------------------------------------------
     def forward(
         self,
@@ -212,8 +223,10 @@ class CausalLM(nn.Module):
             )
         if position_ids is None:
             position_ids = torch.arange(past_len, past_len + n, device=input_ids.device)
-        key_padding = None
-        if attention_mask is not None:
+        key_padding = explicit_mask = None
+        if attention_mask is not None and attention_mask.dim() == 4:
+            explicit_mask = attention_mask  # custom (B|1, H|1, n, past + n) bool mask
+        elif attention_mask is not None:
             if attention_mask.shape != (b, past_len + n):
                 raise ValueError(
                     f"attention_mask must be (batch, past + seq) = {(b, past_len + n)}, got "
@@ -231,10 +244,14 @@ class CausalLM(nn.Module):
         caches: list[KVCache] = []
         for i, layer in enumerate(self.layers):
             past = past_key_values[i] if past_key_values else None
-            x, cache, w = layer(
-                x, position_ids, key_padding=key_padding, past=past, use_cache=use_cache,
-                return_weights=output_attentions,
-            )
+            kw = dict(key_padding=key_padding, past=past, use_cache=use_cache,
+                      return_weights=output_attentions, mask=explicit_mask)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x, cache, w = checkpoint(layer, x, position_ids, use_reentrant=False, **kw)
+            else:
+                x, cache, w = layer(x, position_ids, **kw)
             if use_cache:
                 caches.append(cache)
             if output_attentions:
@@ -301,11 +318,25 @@ class CausalLM(nn.Module):
     def from_pretrained(
         cls, path: str | Path, *, device: str | torch.device | None = None
     ) -> CausalLM:
-        """Load a folder written by :meth:`save_pretrained`."""
+        """Load a model folder written by :meth:`save_pretrained`, a Hugging Face Llama-family
+        folder (``config.json`` with ``model_type`` + safetensors) or a GGUF file.
+
+        Foreign formats are converted by :mod:`formerlab.interop.weights` (extra ``hf``).
+        """
         from safetensors.torch import load_file
 
         path = Path(path)
         cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
+        foreign = path.suffix == ".gguf" or (
+            cfg_file.is_file() and "model_type" in json.loads(cfg_file.read_text() or "{}")
+        )
+        if foreign:
+            from ..interop.weights import load_causal_lm_weights
+
+            config, tensors = load_causal_lm_weights(path)
+            model = cls(config)
+            model.load_weights(tensors, source=str(path))
+            return model.to(device) if device is not None else model
         for f in (cfg_file, w_file):
             if not f.is_file():
                 raise CheckpointError(f"{f} does not exist")

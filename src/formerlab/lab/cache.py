@@ -23,6 +23,9 @@ __all__ = ["CACHE_VERSION", "default_cache_dir", "trained_model"]
 
 CACHE_VERSION = 1
 
+#: TrainConfig fields that do not change the trained weights (excluded from the cache key)
+BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints")
+
 
 def default_cache_dir() -> Path:
     env = os.environ.get("FORMERLAB_CACHE")
@@ -41,7 +44,8 @@ def trained_model(
     log: Callable[[str], None] = print,
 ) -> tuple[CausalLM, dict[str, object]]:
     """Load the cached model for these configs, or train (resuming if interrupted) and cache it."""
-    key = config_hash(model_config, train_config, {"corpus": corpus_id, "v": CACHE_VERSION})
+    train_key = {k: v for k, v in train_config.to_dict().items() if k not in BOOKKEEPING}
+    key = config_hash(model_config, train_key, {"corpus": corpus_id, "v": CACHE_VERSION})
     run_dir = (cache_dir or default_cache_dir()) / "checkpoints" / key
     final = run_dir / "final"
     info: dict[str, object] = {"cache_key": key, "run_dir": str(run_dir)}

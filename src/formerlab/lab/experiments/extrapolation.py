@@ -160,7 +160,7 @@ def preset_config(preset: str) -> ExtrapolationConfig:
             train_len=128, test_multipliers=[4, 8], num_samples=24,
             model=ModelConfig(hidden_size=128, num_layers=4, num_heads=4),
             train=TrainConfig(steps=800, batch_size=32, seq_len=128, lr=3e-3, warmup_steps=50,
-                              log_every=20),
+                              log_every=20, checkpoint_every=100),
         )
     if preset == "full":
         return ExtrapolationConfig(

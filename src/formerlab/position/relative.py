@@ -20,11 +20,9 @@ Contents:
   ``is_identity``, ``outer_positions``).
 - :func:`relpos_scores`, :func:`relpos_attention`: the reference two-pass computation on un-rotated
   q/k at arbitrary positions (GQA, masks, batched positions).
-- :func:`rerope_attention`: the public causal entry point at positions ``0 … n-1``. Blockwise over
-  query rows; only blocks straddling the window boundary compute both passes (post 9948).
-  ``impl="two_pass"`` merges before one softmax; ``impl="lse_merge"`` runs two masked passes and
-  merges their outputs by log-sum-exp (flash-friendly); both are exact.
-- :class:`ReRoPECache`, :func:`rerope_decode_step`: decoding with a cache of **un-rotated** keys.
+- :func:`rerope_attention`: the public causal entry point at positions ``0 … n-1``;
+  :class:`ReRoPECache`, :func:`rerope_decode_step`: decoding with a cache of **un-rotated** keys.
+  Implemented in :mod:`formerlab.position.rerope` and re-exported here.
 - :func:`naive_relpos_attention`: the per-pair oracle that builds ``R_{-f(i-j)}`` explicitly.
 
 Causal use only is covered by the posts; for ``r < 0`` (bidirectional) every map is the identity.
@@ -346,6 +344,7 @@ def relpos_attention(
     rotary_dim: int | None = None,
     attention_factor: float = 1.0,
     return_weights: bool = False,
+    fast: bool = True,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Attention with RoPE under a relative-position map, exact two-pass form.
 
@@ -364,6 +363,11 @@ def relpos_attention(
         rotary_dim: Rotated channels (default ``2·len(inv_freq)``); the rest pass through.
         attention_factor: Hugging Face's cos/sin multiplier (YaRN); logits scale by its square.
         return_weights: Also return the attention weights ``(B, H, nq, nk)``.
+        fast: When the call is plain causal self-attention at positions ``0 … n-1`` (or decoding
+            against increasing key positions with a causal mask) and no weights are asked for,
+            dispatch to :func:`~formerlab.position.rerope.rerope_attention` /
+            :func:`~formerlab.position.rerope.rerope_decode_step` (same result, far less memory).
+            ``False`` always runs the reference computation.
 
     Returns:
         ``(B, H, nq, dv)`` in ``q``'s dtype (and the weights if asked). Rows with no visible key
@@ -377,6 +381,15 @@ def relpos_attention(
             torch.broadcast_shapes(mask.shape, (b, h, nq, nk))
         except RuntimeError:
             raise ValueError(f"mask {tuple(mask.shape)} does not broadcast to {(b, h, nq, nk)}") from None
+    if fast and not return_weights:
+        from .rerope import _fast_relpos  # lazy: rerope.py builds on this module
+
+        out = _fast_relpos(
+            q, k, v, q_positions, k_positions, inv_freq, _as_relpos(relpos), mask, scale, layout,
+            rotary_dim, attention_factor,
+        )
+        if out is not None:
+            return out
     s = relpos_scores(
         q, k, q_positions=q_positions, k_positions=k_positions, inv_freq=inv_freq,
         relpos=relpos, layout=layout, rotary_dim=rotary_dim,
@@ -386,265 +399,6 @@ def relpos_attention(
     p = _softmax_weights(s, mask, v.dtype)
     out = _gqa_apply(p, v).to(q.dtype)
     return (out, p) if return_weights else out
-
-
-# --------------------------------------------------------------------------------------------
-# fast causal prefill at positions 0..n-1
-
-
-def _rerope_block(
-    q1: Tensor, k1: Tensor, q2: Tensor | None, k2: Tensor | None, v: Tensor,
-    i0: int, i1: int, window: int | None, impl: str, work: torch.dtype,
-) -> Tensor:
-    """Output rows ``i0 … i1-1`` of causal two-pass attention at positions ``0 … n-1``.
-
-    ``q1, k1``: RoPE-rotated (already scaled); ``q2, k2``: second-pass rotated (``None`` for the
-    identity map). Keys ``j < far`` need pass 2 for some rows, keys ``j ≥ near`` pass 1.
-    """
-    dev = q1.device
-    rows = torch.arange(i0, i1, device=dev)
-    if window is None or i1 - window <= 0:
-        near, far = 0, 0
-    else:
-        near, far = max(0, i0 - window + 1), i1 - window
-    qb1 = q1[:, :, i0:i1]
-    s1 = _gqa_scores(qb1, k1[:, :, near:i1]).to(work)
-    cols1 = torch.arange(near, i1, device=dev)
-    rel1 = rows[:, None] - cols1[None, :]
-    # pass 1 is valid for keys inside the window and not in the future
-    ok1 = rel1 >= 0
-    if window is not None:
-        ok1 = ok1 & (rel1 < window)
-    if far == 0:
-        p = _softmax_weights(s1, ok1, work)
-        return _gqa_apply(p, v[:, :, near:i1].to(work))
-    s2 = _gqa_scores(q2[:, :, i0:i1], k2[:, :, :far]).to(work)  # type: ignore[index]
-    cols2 = torch.arange(0, far, device=dev)
-    ok2 = (rows[:, None] - cols2[None, :]) >= window
-    if impl == "two_pass":
-        # one softmax over [pass-2 keys 0..near) ++ merged overlap [near, far) ++ pass-1 keys [far, i1)
-        overlap = torch.where(ok1[:, : far - near], s1[..., : far - near], s2[..., near:far])
-        s = torch.cat([s2[..., :near], overlap, s1[..., far - near :]], dim=-1)
-        valid = torch.cat([ok2[:, :near], ok1[:, : far - near] | ok2[:, near:far], ok1[:, far - near :]], -1)
-        p = _softmax_weights(s, valid, work)
-        return _gqa_apply(p, v[:, :, :i1].to(work))
-    # lse_merge: two independently normalised passes merged by their log-sum-exp
-    s1 = s1.masked_fill(~ok1, float("-inf"))
-    s2 = s2.masked_fill(~ok2, float("-inf"))
-    lse1 = torch.logsumexp(s1, dim=-1, keepdim=True)
-    lse2 = torch.logsumexp(s2, dim=-1, keepdim=True)
-    o1 = _gqa_apply(torch.nan_to_num(torch.exp(s1 - lse1), nan=0.0), v[:, :, near:i1].to(work))
-    o2 = _gqa_apply(torch.nan_to_num(torch.exp(s2 - lse2), nan=0.0), v[:, :, :far].to(work))
-    m = torch.maximum(lse1, lse2)
-    w1, w2 = torch.exp(lse1 - m), torch.exp(lse2 - m)
-    return (w1 * o1 + w2 * o2) / (w1 + w2)
-
-
-def rerope_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    *,
-    inv_freq: Tensor,
-    window: int | None,
-    leaky_factor: float | None = None,
-    causal: bool = True,
-    layout: str = "half",
-    impl: str = "two_pass",
-    scale: float | None = None,
-    rotary_dim: int | None = None,
-    attention_factor: float = 1.0,
-    block_size: int = 512,
-) -> Tensor:
-    """ReRoPE / Leaky ReRoPE attention on un-rotated ``(B, H, n, d)`` tensors at positions ``0 … n-1``.
-
-    Args:
-        q, k, v: Un-rotated queries ``(B, H, n, d)``, keys/values ``(B, Hkv, n, d)`` (GQA allowed).
-        inv_freq: ``(r/2,)`` inverse frequencies.
-        window: ReRoPE window ``w`` (relative positions ``< w`` are exact); ``None`` = plain RoPE.
-        leaky_factor: ``None`` for ReRoPE; ``k`` for Leaky ReRoPE (``k < 1``: InvLeaky).
-        causal: Causal mask (the fast blockwise path); ``False`` uses :func:`relpos_attention`
-            (negative distances are left unchanged, ``f(r) = r`` for ``r < 0``).
-        layout: RoPE layout.
-        impl: ``"two_pass"`` (merge, then one softmax) or ``"lse_merge"`` (two masked softmax
-            passes merged by log-sum-exp); equal up to rounding.
-        scale: Logit scale (default ``1/sqrt(d)``); fold a log-n factor into ``q`` beforehand.
-        rotary_dim: Rotated channels (partial rotary); default ``2·len(inv_freq)``.
-        attention_factor: cos/sin multiplier as in Hugging Face (logits scale by its square).
-        block_size: Query rows per block (memory ``O(block_size · n)`` per head).
-
-    Returns:
-        ``(B, H, n, d)`` in ``q``'s dtype.
-    """
-    _, _, _, n, nk = _check_qkv(q, k, v)
-    if nk != n:
-        raise ValueError(f"rerope_attention is self-attention at positions 0..n-1: q has {n}, k has {nk}")
-    if impl not in ("two_pass", "lse_merge"):
-        raise ValueError(f"impl must be 'two_pass' or 'lse_merge', got {impl!r}")
-    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    relpos = _leaky_or_rerope(window, leaky_factor)
-    pos = torch.arange(n, device=q.device)
-    if not causal:
-        return relpos_attention(  # type: ignore[return-value]
-            q, k, v, q_positions=pos, k_positions=pos, inv_freq=inv_freq, relpos=relpos,
-            scale=scale, layout=layout, rotary_dim=rotary_dim, attention_factor=attention_factor,
-        )
-    r = _rotary_dim(inv_freq, q.shape[-1], rotary_dim)
-    inv_freq = _freqs_for(inv_freq, q)
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    qs = q * (scale * float(attention_factor) ** 2)
-    q1, k1 = _rotate(qs, pos, inv_freq, layout, r), _rotate(k, pos, inv_freq, layout, r)
-    q2 = k2 = None
-    if not relpos.is_identity and n > relpos.window:  # type: ignore[operator]
-        qa, kc = relpos.outer_positions(pos.to(torch.float64), pos.to(torch.float64))
-        q2 = _rotate(qs, qa, inv_freq, layout, r)
-        k2 = k if isinstance(relpos, ReRoPEMap) else _rotate(k, kc, inv_freq, layout, r)
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
-    outs = [
-        _rerope_block(q1, k1, q2, k2, v, i0, min(i0 + block_size, n), relpos.window, impl, work)
-        for i0 in range(0, n, block_size)
-    ]
-    return torch.cat(outs, dim=2).to(q.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# decoding with a cache of un-rotated keys
-
-
-class ReRoPECache:
-    """KV cache of **un-rotated** keys, values and their positions (one layer).
-
-    Args:
-        inv_freq: ``(r/2,)`` inverse frequencies used at read time.
-        layout: RoPE layout.
-        rotary_dim: Rotated channels (default ``2·len(inv_freq)``).
-
-    Keys are rotated when read, so the frequencies may change between steps (dynamic NTK stays
-    exact). Rotated copies for the Leaky second pass (keys at ``j/k``) are kept incrementally.
-    """
-
-    def __init__(self, inv_freq: Tensor, *, layout: str = "half", rotary_dim: int | None = None) -> None:
-        if not isinstance(inv_freq, Tensor) or inv_freq.dim() != 1:
-            raise ValueError("inv_freq must be a 1-D tensor of r/2 inverse frequencies")
-        self.inv_freq = inv_freq
-        self.layout = layout
-        self.rotary_dim = 2 * inv_freq.numel() if rotary_dim is None else rotary_dim
-        self.reset()
-
-    def reset(self) -> None:
-        self.keys: Tensor | None = None
-        self.values: Tensor | None = None
-        self.positions: Tensor | None = None
-        self._scaled: dict[float, Tensor] = {}
-
-    def __len__(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
-
-    def update(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> None:
-        """Append un-rotated keys ``(B, Hkv, m, d)`` and values at ``positions`` ``(m,)``.
-
-        Positions default to continuing after the last cached one (from 0); they must increase.
-        """
-        if k.dim() != 4 or v.dim() != 4 or k.shape[:3] != v.shape[:3]:
-            raise ValueError(f"k and v must be (B, Hkv, m, d) with matching leading dims, got {tuple(k.shape)}, {tuple(v.shape)}")
-        m = k.shape[2]
-        if positions is None:
-            start = 0 if self.positions is None else int(self.positions[-1].item()) + 1
-            positions = torch.arange(start, start + m, device=k.device)
-        if positions.shape != (m,):
-            raise ValueError(f"positions must have shape ({m},), got {tuple(positions.shape)}")
-        if self.keys is not None:
-            if k.shape[:2] != self.keys.shape[:2] or k.shape[-1] != self.keys.shape[-1]:
-                raise ValueError(f"k {tuple(k.shape)} does not match the cached keys {tuple(self.keys.shape)}")
-        allpos = positions if self.positions is None else torch.cat([self.positions, positions.to(self.positions)])
-        if allpos.numel() > 1 and not bool((allpos[1:] > allpos[:-1]).all()):
-            raise ValueError("cache positions must be strictly increasing")
-        for sc in list(self._scaled):
-            extra = self._rotate(k, positions.to(torch.float64) * sc)
-            self._scaled[sc] = torch.cat([self._scaled[sc], extra], dim=2)
-        self.keys = k if self.keys is None else torch.cat([self.keys, k], dim=2)
-        self.values = v if self.values is None else torch.cat([self.values, v], dim=2)
-        self.positions = allpos
-
-    def _rotate(self, x: Tensor, pos: Tensor) -> Tensor:
-        return _rotate(x, pos, _freqs_for(self.inv_freq, x), self.layout, self.rotary_dim)
-
-    def scaled_rotated_keys(self, scale: float) -> Tensor:
-        """Keys rotated at ``positions·scale`` (kept and extended incrementally)."""
-        if self.keys is None or self.positions is None:
-            raise ValueError("the cache is empty")
-        if scale not in self._scaled:
-            self._scaled[scale] = self._rotate(self.keys, self.positions.to(torch.float64) * scale)
-        return self._scaled[scale]
-
-
-def rerope_decode_step(
-    q: Tensor,
-    cache: ReRoPECache,
-    window: int | None,
-    leaky_k: float | None = None,
-    *,
-    q_positions: Tensor | None = None,
-    scale: float | None = None,
-    attention_factor: float = 1.0,
-) -> Tensor:
-    """Attend ``q`` ``(B, H, m, d)`` (un-rotated) to every cached key, causally.
-
-    Append the new tokens' keys/values with :meth:`ReRoPECache.update` first; by default the
-    queries sit at the last ``m`` cached positions. Only the last ``w + m`` keys are rotated per call
-    (pass 1); for ReRoPE the far keys are used raw with the query rotated by ``w``.
-
-    Args:
-        window: ReRoPE window; ``None`` = plain RoPE.
-        leaky_k: Leaky factor (``None`` = ReRoPE); ``k < 1`` (InvLeaky) uses the explicit form.
-    """
-    if len(cache) == 0:
-        raise ValueError("the cache is empty; call cache.update(k, v) with the new tokens first")
-    keys, values, kpos = cache.keys, cache.values, cache.positions
-    if keys is None or values is None or kpos is None:  # pragma: no cover - guarded by len()
-        raise ValueError("the cache is empty")
-    _, _, _, m, nk = _check_qkv(q, keys, values)
-    relpos = _leaky_or_rerope(window, leaky_k)
-    if q_positions is None:
-        if m > nk:
-            raise ValueError(f"{m} queries but only {nk} cached keys")
-        q_positions = kpos[-m:]
-    if q_positions.shape != (m,):
-        raise ValueError(f"q_positions must have shape ({m},), got {tuple(q_positions.shape)}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-    qs = q * (scale * float(attention_factor) ** 2)
-    qp, kp = q_positions.to(torch.float64), kpos.to(torch.float64)
-    w = relpos.window
-    if w is None:
-        near, far = 0, 0
-    else:  # keys j >= near may be inside the window for some query; keys j < far outside for some
-        near = int(torch.searchsorted(kp, qp.min() - w, right=True))
-        far = int(torch.searchsorted(kp, qp.max() - w, right=True))
-    work = torch.float64 if q.dtype == torch.float64 else torch.float32
-    # pass 1 needs RoPE-rotated keys; with a window only the last keys are rotated per call
-    k1 = cache.scaled_rotated_keys(1.0) if w is None else cache._rotate(keys[:, :, near:], kp[near:])
-    s1 = _gqa_scores(cache._rotate(qs, qp), k1).to(work)
-    rel1 = qp[:, None] - kp[None, near:]
-    ok1 = rel1 >= 0
-    if w is not None:
-        ok1 = ok1 & (rel1 < w)
-    ok1 = ok1.to(q.device)
-    if far == 0:
-        p = _softmax_weights(s1, ok1, work)
-        return _gqa_apply(p, values[:, :, near:].to(work)).to(q.dtype)
-    qa, _ = relpos.outer_positions(qp, kp)
-    if isinstance(relpos, ReRoPEMap):
-        k2 = keys[:, :, :far]
-    else:
-        k2 = cache.scaled_rotated_keys(1.0 / relpos.factor)[:, :, :far]  # type: ignore[attr-defined]
-    s2 = _gqa_scores(cache._rotate(qs, qa), k2).to(work)
-    ok2 = ((qp[:, None] - kp[None, :far]) >= w).to(q.device)
-    overlap = torch.where(ok1[:, : far - near], s1[..., : far - near], s2[..., near:far])
-    s = torch.cat([s2[..., :near], overlap, s1[..., far - near :]], dim=-1)
-    valid = torch.cat([ok2[:, :near], ok1[:, : far - near] | ok2[:, near:far], ok1[:, far - near :]], -1)
-    p = _softmax_weights(s, valid, work)
-    return _gqa_apply(p, values.to(work)).to(q.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -710,3 +464,7 @@ def naive_relpos_attention(
         s = s.masked_fill(~mask.cpu(), float("-inf"))
     p = torch.nan_to_num(torch.softmax(s, dim=-1), nan=0.0)
     return (p @ vd.cpu()).to(device=q.device)
+
+
+# the fast paths live in rerope.py (kept under the house's file-size limit); re-exported here
+from .rerope import ReRoPECache, rerope_attention, rerope_decode_step  # noqa: E402

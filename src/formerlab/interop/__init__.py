@@ -1,0 +1,9 @@
+"""Adapters to other libraries; never imported by formerlab's core.
+
+- :mod:`formerlab.interop.hf`: ``extend_context(model, method, **params)`` patches Hugging Face
+  Llama-family models with formerlab's RoPE schedules, log-n† and ReRoPE / Leaky ReRoPE
+  (kexue.fm/archives/9675, 9706, 9708); transformers is imported lazily.
+
+Import the submodule explicitly (``from formerlab.interop.hf import extend_context``); this package
+imports nothing eagerly.
+"""

@@ -158,6 +158,11 @@ class ModelConfig(Config):
         logn_base_length: Base length of the log-n factor (512 in the posts).
         logn_min_len: Optional floor of the visible-key count for ``"pretrain"``.
         window: Sliding-window size for every layer (``None`` = full attention).
+        layer_specs: Per-layer attention specs (HWFA/HWFA2, kexue.fm/archives/9603, 9731):
+            dicts of :class:`formerlab.position.LayerSpec` (``window``, ``pos``, ``logn``,
+            ``rerope_window``), one per layer; overrides ``window`` and ``logn`` per layer.
+        relpos: Relative-position map used in training, e.g. InvLeaky ReRoPE
+            ``{"name": "leaky", "window": 32, "factor": 0.0625}`` (kexue.fm/archives/9728).
         tie_word_embeddings: Share the input embedding with the output head.
         dropout: Residual/embedding dropout probability.
         attention_dropout: Dropout on attention weights.
@@ -190,6 +195,8 @@ class ModelConfig(Config):
     logn_base_length: int = 512
     logn_min_len: int | None = None
     window: int | None = None
+    layer_specs: list[dict[str, Any]] | None = None
+    relpos: dict[str, Any] | None = None
     tie_word_embeddings: bool = True
     dropout: float = 0.0
     attention_dropout: float = 0.0
@@ -234,6 +241,22 @@ class ModelConfig(Config):
                 raise ValueError(f"{name} must be in [0, 1), got {p}")
         if self.window is not None and self.window <= 0:
             raise ValueError(f"window must be a positive int or None, got {self.window}")
+        if self.layer_specs is not None:
+            from .position.layers import LayerSpec
+
+            if len(self.layer_specs) != self.num_layers:
+                raise ValueError(
+                    f"layer_specs has {len(self.layer_specs)} entries, num_layers is "
+                    f"{self.num_layers}"
+                )
+            for spec in self.layer_specs:
+                LayerSpec.from_dict(spec)
+        if self.relpos is not None:
+            from .position.relative import make_relpos
+
+            if self.position != "rope":
+                raise ValueError(f"relpos needs position='rope', got {self.position!r}")
+            make_relpos(**self.relpos)
 
     @property
     def kv_heads(self) -> int:

@@ -8,6 +8,7 @@ from formerlab.lab import list_experiments, rebuild_report, run_experiment
 from formerlab.lab.experiments.extrapolation import (
     METHODS,
     ExtrapolationConfig,
+    _schedule_names,
     preset_config,
 )
 
@@ -37,11 +38,35 @@ def test_writes_every_output(micro_run):
 
 
 def test_inference_methods_equal_baseline_at_train_length(micro_run):
+    """Hard identity (spec experiments.md §7.1): every schedule (k = 1) and log n† (n <= L) is
+    the baseline itself at the training length, bit for bit."""
     report, *_ = micro_run
     at_train = {(r["method"], r["set"]): (r["accuracy"], r["loss"]) for r in report.rows
                 if r["length"] == 32 and r["set"] != "last_n"}
+    checked = [m for m, _ in at_train if m in _schedule_names()]
+    assert len(set(checked)) >= 4
     for (method, set_name), value in at_train.items():
-        assert value == at_train[("baseline", set_name)], method
+        if method in _schedule_names():
+            assert value == at_train[("baseline", set_name)], method
+
+
+def test_rerope_with_covering_window_is_the_baseline(tiny_config):
+    """ReRoPE/Leaky with w >= n is plain RoPE: identical logits (spec position.md §6.7-12)."""
+    import torch
+
+    from formerlab.models import CausalLM
+
+    torch.manual_seed(0)
+    m = CausalLM(tiny_config).eval()
+    x = torch.randint(0, 64, (2, 16))
+    base = m(x).logits
+    # train_len 32 -> ReRoPE window L/2 = 16 covers the 16 tokens; log n† is 1 below L
+    for name in ("rerope", "rerope-logn_dagger"):
+        METHODS.get(name).configure(m, 32, 16)
+        torch.testing.assert_close(m(x).logits, base, rtol=1e-5, atol=1e-5)
+    METHODS.get("rerope-w_quarter").configure(m, 32, 16)  # w = 8 < 16: a different function
+    assert not torch.allclose(m(x).logits, base, atol=1e-4)
+    m.reset_position_method()
 
 
 def test_cache_is_reused(micro_run, tmp_path):
@@ -67,4 +92,6 @@ def test_listing_and_errors(tmp_path):
         ExtrapolationConfig(methods=["baseline", "magic"])
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("huge")
-    assert {"baseline", "pi", "ntk_old", "nope", "sinusoidal"} <= set(METHODS)
+    assert {"baseline", "pi", "ntk_old", "nope", "sinusoidal", "ntk_mixed-logn_dagger", "yarn",
+            "dynamic", "rerope", "leaky", "hwfa", "hwfa2", "invleaky", "rope_bias",
+            "baseline-logn_pretrain"} <= set(METHODS)

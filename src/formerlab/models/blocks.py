@@ -18,9 +18,18 @@ __all__ = ["DecoderBlock"]
 
 
 class DecoderBlock(nn.Module):
-    """One attention + FFN block configured by :class:`~formerlab.config.ModelConfig`."""
+    """One attention + FFN block configured by :class:`~formerlab.config.ModelConfig`.
 
-    def __init__(self, config: ModelConfig, layer_idx: int = 0, causal: bool = True) -> None:
+    ``window`` overrides ``config.window`` for this layer (per-layer specs, HWFA).
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_idx: int = 0,
+        causal: bool = True,
+        window: int | None = None,
+    ) -> None:
         super().__init__()
         c = config
         self.layer_idx = layer_idx
@@ -34,7 +43,7 @@ class DecoderBlock(nn.Module):
             bias=c.attention_bias,
             normalization=c.normalization,
             attention_dropout=c.attention_dropout,
-            window=c.window,
+            window=window if window is not None else c.window,
             causal=causal,
         )
         self.mlp = build_ffn(c.ffn, c.hidden_size, c.ffn_size, bias=c.mlp_bias)

@@ -64,7 +64,15 @@ class CausalLM(nn.Module):
         elif c.position == "learned":
             self.pos_embed = LearnedPositionEmbedding(c.max_position_embeddings, c.hidden_size)
         self.dropout = nn.Dropout(c.dropout)
-        self.layers = nn.ModuleList(DecoderBlock(c, i) for i in range(c.num_layers))
+        self.layer_specs: list[Any] | None = None
+        if c.layer_specs is not None:
+            from ..position.layers import LayerSpec
+
+            self.layer_specs = [LayerSpec.from_dict(d) for d in c.layer_specs]
+        self.layers = nn.ModuleList(
+            DecoderBlock(c, i, window=self.layer_specs[i].window if self.layer_specs else None)
+            for i in range(c.num_layers)
+        )
         self.norm = (
             build_norm(c.norm, c.hidden_size, c.norm_eps, c.norm_affine)
             if c.norm_position == "pre"
@@ -124,6 +132,7 @@ class CausalLM(nn.Module):
         logn: str | None = None,
         train_len: int | None = None,
         logn_base_length: int | None = None,
+        relpos_layers: str = "all",
     ) -> None:
         """Set the position hooks of every attention layer (inference-time length extension).
 
@@ -131,12 +140,17 @@ class CausalLM(nn.Module):
             rope_type: Inverse-frequency schedule (``default``, ``linear``/``pi``, ``ntk_old``,
                 ...; see :data:`formerlab.position.ROPE_SCHEDULES`). RoPE models only.
             rope_params: Schedule parameters in Hugging Face's vocabulary (``{"factor": 4}``).
-            relpos: A relative-position map (``formerlab.position.relative.make_relpos(...)``) or
-                a dict such as ``{"name": "rerope", "window": 32}``; ``None`` = plain RoPE.
+            relpos: A relative-position map (``formerlab.position.make_relpos(...)``) or a dict
+                such as ``{"name": "rerope", "window": 32}``; ``None`` = plain RoPE.
             logn: ``None``, ``"dagger"`` (queries × ``max(1, log_{train_len}(pos+1))``) or
                 ``"pretrain"`` (per-row log-n, the model must have been trained with it).
             train_len: Training length (needed by ``logn="dagger"``).
             logn_base_length: Base of the pretraining factor (default: the config's).
+            relpos_layers: ``"all"`` RoPE layers, or only the ``"full"`` (non-window) ones
+                (HWFA2: ReRoPE on the full layers at inference).
+
+        Per-layer specs (``config.layer_specs``) take precedence: ``nope`` layers never rotate,
+        a layer's own ``logn`` replaces ``logn``.
         """
         c = self.config
         if self.rotary is None and (rope_type != "default" or rope_params or relpos is not None):
@@ -144,37 +158,46 @@ class CausalLM(nn.Module):
                 f"RoPE schedules and relative maps need position='rope'; this model uses "
                 f"position={c.position!r}"
             )
+        if relpos_layers not in ("all", "full"):
+            raise ValueError(f"relpos_layers must be 'all' or 'full', got {relpos_layers!r}")
         if self.rotary is not None:
             self.rotary.set_schedule(rope_type, **(rope_params or {}))
         if isinstance(relpos, dict):
             from ..position.relative import make_relpos
 
             relpos = make_relpos(**relpos)
-        query_scale = None
-        if logn is not None:
-            from ..position.logn import LogNScale
+        scales: dict[str | None, Any] = {None: None}
 
-            if logn == "dagger":
-                if train_len is None:
-                    raise ValueError("logn='dagger' needs train_len (the training length)")
-                query_scale = LogNScale(mode="dagger", train_len=train_len)
-            elif logn == "pretrain":
-                query_scale = LogNScale(
-                    mode="pretrain",
-                    base_len=logn_base_length or c.logn_base_length,
-                    min_len=c.logn_min_len,
-                )
-            else:
-                raise ValueError(f"logn must be None, 'dagger' or 'pretrain', got {logn!r}")
-        for layer in self.layers:
+        def scale_for(mode: str | None) -> Any:
+            if mode not in scales:
+                from ..position.logn import LogNScale
+
+                if mode == "dagger":
+                    if train_len is None:
+                        raise ValueError("logn='dagger' needs train_len (the training length)")
+                    scales[mode] = LogNScale(mode="dagger", train_len=train_len)
+                elif mode == "pretrain":
+                    scales[mode] = LogNScale(
+                        mode="pretrain", base_len=logn_base_length or c.logn_base_length,
+                        min_len=c.logn_min_len,
+                    )
+                else:
+                    raise ValueError(f"logn must be None, 'dagger' or 'pretrain', got {mode!r}")
+            return scales[mode]
+
+        for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            attn.rotary = self.rotary
-            attn.relpos = relpos
-            attn.query_scale = query_scale
+            spec = self.layer_specs[i] if self.layer_specs else None
+            nope = spec is not None and spec.pos == "nope"
+            full = attn.window is None
+            attn.rotary = None if nope else self.rotary
+            attn.relpos = None if nope or (relpos_layers == "full" and not full) else relpos
+            attn.query_scale = scale_for(spec.logn if spec is not None and spec.logn else logn)
             attn.bias_fn = getattr(self, "_alibi", None)
         self._position_method = {
             "rope_type": rope_type, "rope_params": dict(rope_params or {}),
             "relpos": relpos, "logn": logn, "train_len": train_len,
+            "relpos_layers": relpos_layers,
         }
 
     def reset_position_method(self) -> None:
@@ -185,6 +208,7 @@ class CausalLM(nn.Module):
         self.set_position_method(
             rope_type if self.rotary is not None else "default",
             rope_params=scaling if self.rotary is not None else None,
+            relpos=dict(c.relpos) if c.relpos else None,
             logn=c.logn,
             train_len=c.logn_base_length,
         )
@@ -287,8 +311,14 @@ class CausalLM(nn.Module):
             sd.pop("lm_head.weight", None)
         return {k: v.detach().contiguous() for k, v in sd.items()}
 
-    def load_weights(self, tensors: dict[str, Tensor], source: str = "weights") -> None:
-        """Load tensors strictly: missing or unexpected names raise :class:`CheckpointError`."""
+    def load_weights(
+        self, tensors: dict[str, Tensor], source: str = "weights", *, assign: bool = False
+    ) -> None:
+        """Load tensors strictly: missing or unexpected names raise :class:`CheckpointError`.
+
+        ``assign=True`` adopts the given tensors instead of copying (for models built on the
+        meta device: no second copy of the weights in memory).
+        """
         expected = set(self.weights_state_dict())
         missing = sorted(expected - set(tensors))
         unexpected = sorted(set(tensors) - expected)
@@ -303,7 +333,9 @@ class CausalLM(nn.Module):
         if bad:
             shapes = {k: (tuple(tensors[k].shape), tuple(own[k].shape)) for k in bad[:5]}
             raise CheckpointError(f"{source}: shape mismatch (file, model): {shapes}")
-        self.load_state_dict(tensors, strict=False)
+        self.load_state_dict(tensors, strict=False, assign=assign)
+        if assign and self.config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight  # assign replaced the Parameter
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``config.json`` and ``model.safetensors`` into the folder ``path``."""
@@ -334,8 +366,13 @@ class CausalLM(nn.Module):
             from ..interop.weights import load_causal_lm_weights
 
             config, tensors = load_causal_lm_weights(path)
-            model = cls(config)
-            model.load_weights(tensors, source=str(path))
+            with torch.device("meta"):  # no random init, no second copy of the weights
+                model = cls(config)
+            model.load_weights(tensors, source=str(path), assign=True)
+            del tensors
+            if model.rotary is not None:  # non-persistent buffer: rebuild it off the meta device
+                model.rotary.inv_freq = torch.empty(0)
+                model.reset_position_method()
             return model.to(device) if device is not None else model
         for f in (cfg_file, w_file):
             if not f.is_file():

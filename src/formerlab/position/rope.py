@@ -191,6 +191,7 @@ class RotaryEmbedding(nn.Module):
         device = self.inv_freq.device
         self.inv_freq = inv_freq.to(device)
         self.attention_factor = float(factor)
+        self._table: tuple[Any, ...] | None = None  # memo of the last (positions, cos, sin)
 
     def frequencies(self, seq_len: int | None = None) -> tuple[Tensor, float]:
         """``(inv_freq, attention_factor)`` for a sequence of ``seq_len`` tokens."""
@@ -209,8 +210,20 @@ class RotaryEmbedding(nn.Module):
     def forward(self, positions: Tensor, seq_len: int | None = None) -> tuple[Tensor, Tensor]:
         if seq_len is None and self.dynamic and positions.numel():
             seq_len = int(positions.max().item()) + 1
+        memo = self._table
+        if (
+            memo is not None
+            and memo[1] == seq_len
+            and memo[2] is self.inv_freq
+            and memo[0].shape == positions.shape
+            and memo[0].device == positions.device
+            and torch.equal(memo[0], positions)
+        ):  # every layer of a forward asks for the same table: compute it once
+            return memo[3], memo[4]
         inv_freq, factor = self.frequencies(seq_len)
-        return rope_cos_sin(positions, inv_freq, factor, self.layout)
+        cos, sin = rope_cos_sin(positions, inv_freq, factor, self.layout)
+        self._table = (positions.detach().clone(), seq_len, self.inv_freq, cos, sin)
+        return cos, sin
 
     def rotate(self, x: Tensor, positions: Tensor, seq_len: int | None = None) -> Tensor:
         """Apply RoPE to ``x`` of shape ``(..., n, d)`` at ``positions`` ``(n,)`` or ``(B, n)``."""

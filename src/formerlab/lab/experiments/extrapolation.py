@@ -16,6 +16,7 @@ Methods that need their own training name the model variant they use.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import platform
 import time
 from collections.abc import Callable
@@ -50,11 +51,44 @@ class Method:
     inference_only: bool = True
 
 
-#: model variant name -> ModelConfig changes relative to the preset's base model
-MODEL_VARIANTS: dict[str, dict[str, Any]] = {
-    "rope": {},
-    "nope": {"position": "nope"},
-    "sinusoidal": {"position": "sinusoidal"},
+def _variant_changes(variant: str, cfg: ExtrapolationConfig) -> dict[str, Any]:
+    """ModelConfig changes of a trained model variant (relative to the preset's base model)."""
+    from ...position.layers import hwfa2_specs, hwfa_specs
+
+    L, layers = cfg.train_len, cfg.model.num_layers
+    logn = {"logn": "pretrain", "logn_base_length": L}
+    if variant == "rope":
+        return {}
+    if variant == "rope_logn":
+        return logn
+    if variant == "nope":
+        return {"position": "nope"}
+    if variant == "sinusoidal":
+        return {"position": "sinusoidal"}
+    if variant == "rope_bias":
+        return {"qk_bias": True}
+    if variant == "hwfa":
+        return {**logn, "logn": None,
+                "layer_specs": [s.to_dict() for s in hwfa_specs(layers, L)]}
+    if variant == "hwfa2":
+        specs = hwfa2_specs(layers, window=max(2, L // 4), num_full=2 if layers >= 4 else 1,
+                            rerope_window=L // 2)
+        return {"layer_specs": [s.to_dict() for s in specs]}
+    if variant == "invleaky":
+        return {**logn, "relpos": {"name": "leaky", "window": L // 4, "factor": 1 / 16}}
+    raise ValueError(f"unknown model variant {variant!r}; known: {list(MODEL_VARIANTS)}")
+
+
+#: trained model variants: name -> what distinguishes them
+MODEL_VARIANTS: dict[str, str] = {
+    "rope": "RoPE baseline (every inference-time method reuses it)",
+    "rope_logn": "RoPE pre-trained with log-n attention (base = L, post 8823)",
+    "nope": "no position encoding",
+    "sinusoidal": "sinusoidal absolute positions",
+    "rope_bias": "RoPE with q/k projection biases (post 9577)",
+    "hwfa": "HWFA: window RoPE layers + one full NoPE log-n layer (post 9603)",
+    "hwfa2": "HWFA2: window layers + full layers trained with RoPE (post 9731)",
+    "invleaky": "InvLeaky ReRoPE: trained with Leaky ReRoPE w=L/4, k=1/16, log-n (post 9728)",
 }
 
 METHODS: Registry[Method] = Registry("extrapolation method")
@@ -79,30 +113,88 @@ def _k(train_len: int, test_len: int) -> float:
     return max(1.0, test_len / train_len)
 
 
-@register_method("baseline", "Baseline (RoPE, direct extrapolation)")
-def _baseline(model: CausalLM, train_len: int, test_len: int) -> None:
-    model.set_position_method("default")
+#: schedule methods: name -> (label, rope_type, params(k, L))
+_SCHEDULES: dict[str, tuple[str, str, Callable[[float, int], dict[str, Any]]]] = {
+    "baseline": ("Baseline (RoPE)", "default", lambda k, L: {}),
+    "pi": ("PI-RoPE", "linear", lambda k, L: {"factor": k}),
+    "ntk_old": ("NTK-RoPE-old (base×k)", "ntk_old", lambda k, L: {"factor": k}),
+    "ntk_aware": ("NTK-aware (bloc97)", "ntk_aware", lambda k, L: {"factor": k}),
+    "ntk_fixed": ("NTK-RoPE-fixed", "ntk_fixed", lambda k, L: {"factor": k}),
+    "ntk_mixed": ("NTK-RoPE-mixed (b=0.625)", "ntk_mixed",
+                  lambda k, L: {"factor": k, "b": 0.625}),
+    "yarn": ("YaRN", "yarn", lambda k, L: {"factor": k, "original_max_position_embeddings": L}),
+    "dynamic": ("Dynamic NTK", "dynamic",
+                lambda k, L: {"factor": 1.0, "max_position_embeddings": L}),
+}
+
+#: relative-map methods: name -> (label, relpos(L))
+_RELPOS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
+    "rerope": ("ReRoPE (w=L/2)", lambda L: {"name": "rerope", "window": L // 2}),
+    "rerope-w_quarter": ("ReRoPE (w=L/4)", lambda L: {"name": "rerope", "window": L // 4}),
+    "rerope-w_full": ("ReRoPE (w=L)", lambda L: {"name": "rerope", "window": L}),
+    "leaky": ("Leaky ReRoPE (w=L/4, k=16)",
+              lambda L: {"name": "leaky", "window": L // 4, "factor": 16.0}),
+}
 
 
-@register_method("pi", "PI-RoPE (positions / k)")
-def _pi(model: CausalLM, train_len: int, test_len: int) -> None:
-    model.set_position_method("linear", rope_params={"factor": _k(train_len, test_len)})
+def _schedule_method(name: str, rope_type: str, params: Callable[[float, int], dict[str, Any]],
+                     logn: str | None) -> Callable[[CausalLM, int, int], None]:
+    def configure(model: CausalLM, train_len: int, test_len: int) -> None:
+        model.set_position_method(rope_type, rope_params=params(_k(train_len, test_len), train_len),
+                                  logn=logn, train_len=train_len)
+
+    return configure
 
 
-@register_method("ntk_old", "NTK-RoPE-old (base × k)")
-def _ntk_old(model: CausalLM, train_len: int, test_len: int) -> None:
-    model.set_position_method("ntk_old", rope_params={"factor": _k(train_len, test_len)})
+def _relpos_method(relpos: Callable[[int], dict[str, Any]], logn: str | None
+                   ) -> Callable[[CausalLM, int, int], None]:
+    def configure(model: CausalLM, train_len: int, test_len: int) -> None:
+        model.set_position_method(relpos=relpos(train_len), logn=logn, train_len=train_len)
+
+    return configure
 
 
-@register_method("nope", "NoPE (trained without positions)", variant="nope", inference_only=False)
-def _nope(model: CausalLM, train_len: int, test_len: int) -> None:
+def _reset(model: CausalLM, train_len: int, test_len: int) -> None:
     model.reset_position_method()
 
 
-@register_method("sinusoidal", "Sinusoidal (absolute, trained)", variant="sinusoidal",
-                 inference_only=False)
-def _sinusoidal(model: CausalLM, train_len: int, test_len: int) -> None:
-    model.reset_position_method()
+for _name, (_label, _rt, _params) in _SCHEDULES.items():
+    register_method(_name, _label)(_schedule_method(_name, _rt, _params, None))
+    register_method(f"{_name}-logn_dagger", f"{_label} + log n†")(
+        _schedule_method(_name, _rt, _params, "dagger"))
+for _name, (_label, _rel) in _RELPOS.items():
+    register_method(_name, _label)(_relpos_method(_rel, None))
+    register_method(f"{_name}-logn_dagger", f"{_label} + log n†")(_relpos_method(_rel, "dagger"))
+for _name in ("baseline", "pi", "ntk_old", "ntk_fixed", "ntk_mixed"):
+    _label, _rt, _params = _SCHEDULES[_name]
+    register_method(f"{_name}-logn_pretrain", f"{_label}, log-n pre-trained",
+                    variant="rope_logn", inference_only=False)(
+        _schedule_method(_name, _rt, _params, "pretrain"))
+register_method("rerope-logn_pretrain", "ReRoPE (w=L/2), log-n pre-trained", variant="rope_logn",
+                inference_only=False)(_relpos_method(_RELPOS["rerope"][1], "pretrain"))
+register_method("nope", "NoPE (trained without positions)", variant="nope",
+                inference_only=False)(_reset)
+register_method("sinusoidal", "Sinusoidal (absolute, trained)", variant="sinusoidal",
+                inference_only=False)(_reset)
+register_method("rope_bias", "RoPE + q/k bias (trained)", variant="rope_bias",
+                inference_only=False)(_reset)
+register_method("hwfa", "HWFA (window RoPE + full NoPE log-n, trained)", variant="hwfa",
+                inference_only=False)(_reset)
+register_method("invleaky", "InvLeaky ReRoPE (trained w=L/4, k=1/16; RoPE at inference)",
+                variant="invleaky", inference_only=False)(
+    lambda model, train_len, test_len: model.set_position_method("default", logn="pretrain"))
+
+
+@register_method("hwfa2", "HWFA2 (RoPE in training, ReRoPE w=L/2 on full layers)",
+                 variant="hwfa2", inference_only=False)
+def _hwfa2(model: CausalLM, train_len: int, test_len: int) -> None:
+    model.set_position_method(relpos={"name": "rerope", "window": train_len // 2},
+                              relpos_layers="full")
+
+
+#: what the quick preset evaluates: every inference-time method on the one trained RoPE model
+QUICK_METHODS = [n for n in METHODS
+                 if METHODS.get(n).inference_only and not n.startswith("rerope-w_full")]
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -125,7 +217,7 @@ class ExtrapolationConfig(Config):
     test_multipliers: list[int] = dataclasses.field(default_factory=lambda: [4, 8])
     num_samples: int = 24
     eval_batch_size: int = 8
-    methods: list[str] = dataclasses.field(default_factory=lambda: ["baseline", "pi", "ntk_old"])
+    methods: list[str] = dataclasses.field(default_factory=lambda: list(QUICK_METHODS))
     last_n_multipliers: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8])
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
@@ -150,6 +242,8 @@ def preset_config(preset: str) -> ExtrapolationConfig:
     if preset == "micro":
         return ExtrapolationConfig(
             train_len=32, test_multipliers=[4], num_samples=4, eval_batch_size=4,
+            methods=["baseline", "pi", "ntk_old", "ntk_mixed-logn_dagger", "yarn", "rerope",
+                     "leaky-logn_dagger"],
             last_n_multipliers=[1, 2],
             model=ModelConfig(hidden_size=32, num_layers=2, num_heads=2),
             train=TrainConfig(steps=30, batch_size=8, seq_len=32, lr=3e-3, warmup_steps=5,
@@ -157,7 +251,7 @@ def preset_config(preset: str) -> ExtrapolationConfig:
         )
     if preset == "quick":
         return ExtrapolationConfig(
-            train_len=128, test_multipliers=[4, 8], num_samples=24,
+            train_len=128, test_multipliers=[4, 8], num_samples=16,
             model=ModelConfig(hidden_size=128, num_layers=4, num_heads=4),
             train=TrainConfig(steps=800, batch_size=32, seq_len=128, lr=3e-3, warmup_steps=50,
                               log_every=20, checkpoint_every=100),
@@ -167,9 +261,9 @@ def preset_config(preset: str) -> ExtrapolationConfig:
             train_len=128, test_multipliers=[4, 8, 16], num_samples=64,
             methods=[m for m in METHODS],
             last_n_multipliers=[1, 2, 4, 8, 16],
-            model=ModelConfig(hidden_size=256, num_layers=6, num_heads=8),
-            train=TrainConfig(steps=4000, batch_size=32, seq_len=128, lr=2e-3, warmup_steps=100,
-                              log_every=50, checkpoint_every=500),
+            model=ModelConfig(hidden_size=192, num_layers=6, num_heads=6),
+            train=TrainConfig(steps=3000, batch_size=32, seq_len=128, lr=2e-3, warmup_steps=100,
+                              log_every=50, checkpoint_every=250),
         )
     raise ValueError(f"unknown preset {preset!r}; valid presets: micro, quick, full")
 
@@ -207,7 +301,7 @@ def run(ctx: RunContext, config: ExtrapolationConfig | None = None) -> Experimen
     models: dict[str, CausalLM] = {}
     train_info: dict[str, Any] = {}
     for variant in dict.fromkeys(m.variant for m in methods):
-        mc = cfg.model.replace(**MODEL_VARIANTS[variant])
+        mc = cfg.model.replace(**_variant_changes(variant, cfg))
         model, info = trained_model(mc, train_cfg, batch_fn, corpus_id=corpus.provenance,
                                     cache_dir=ctx.cache_dir, device=ctx.device,
                                     progress=ctx.progress, log=log)
@@ -343,38 +437,98 @@ def _figures(ctx: RunContext, rows: list[dict[str, Any]], curves: dict[str, list
     return figs
 
 
+def _last_n(rows: list[dict[str, Any]], method: str) -> list[tuple[int, float]]:
+    return sorted((r["length"], r["loss"]) for r in rows
+                  if r["method"] == method and r["set"] == "last_n")
+
+
 def _notes(rows: list[dict[str, Any]], cfg: ExtrapolationConfig, methods: list[Method]) -> str:
+    """Which of the blog's claims this run reproduced (``spec/experiments.md`` §7)."""
     L, top = cfg.train_len, max(cfg.lengths)
+    names = {m.name for m in methods}
     lines = ["## What this run shows", ""]
-    base = _acc(rows, "baseline", L, "non_repeated")
-    same = [m.name for m in methods if m.inference_only and m.variant == "rope"
-            and _acc(rows, m.name, L, "non_repeated") == base]
-    diff = [m.name for m in methods if m.inference_only and m.variant == "rope"
-            and _acc(rows, m.name, L, "non_repeated") != base]
-    if base is not None:
+
+    def acc(name: str, n: int = top, set_name: str = "repeated") -> float | None:
+        return _acc(rows, name, n, set_name) if name in names else None
+
+    def verdict(ok: bool) -> str:
+        return "reproduced" if ok else "**not reproduced**"
+
+    base = acc("baseline", L, "non_repeated")
+    exact = [m.name for m in methods if m.inference_only and m.name in _schedule_names()]
+    differ = [n for n in exact if acc(n, L, "non_repeated") != base]
+    if base is not None and exact:
         lines.append(
-            f"- At the training length every inference-time method is the baseline itself "
-            f"(k = 1): identical accuracy for {', '.join(same) or 'none'}"
-            + (f"; **differs** for {', '.join(diff)}" if diff else "") + "."
+            f"- Exact identity at the training length ({L}): every schedule method, with or "
+            f"without log n†, is the baseline itself (k = 1, log n† = 1): "
+            + ("identical accuracy for all of them." if not differ
+               else f"**differs** for {', '.join(differ)}.")
+        )
+    rel = [m.name for m in methods if m.name in names and m.name.startswith(("rerope", "leaky"))
+           and m.inference_only]
+    if rel:
+        lines.append(
+            f"- ReRoPE/Leaky with a window w < {L} change scores beyond w even at the training "
+            f"length (the identity holds only for n ≤ w): at {L} they reach "
+            + ", ".join(f"{n} {acc(n, L, 'non_repeated'):.2f}%" for n in rel[:4]) + "."
         )
 
-    def cmp(a: str, b: str, set_name: str, claim: str) -> None:
-        x, y = _acc(rows, a, top, set_name), _acc(rows, b, top, set_name)
-        if x is None or y is None:
-            return
-        verdict = "reproduced" if x > y else "**not reproduced**"
-        lines.append(f"- {claim} at {top} ({set_name.replace('_', '-')}): {a} {x:.2f}% vs "
-                     f"{b} {y:.2f}% — {verdict}.")
+    def best(cands: list[str], set_name: str = "repeated") -> tuple[str, float] | None:
+        vals = [(n, acc(n, top, set_name)) for n in cands if acc(n, top, set_name) is not None]
+        return max(vals, key=lambda t: t[1]) if vals else None
 
-    cmp("ntk_old", "baseline", "repeated", "Blog: NTK works without fine-tuning (NTK > baseline)")
-    cmp("ntk_old", "baseline", "non_repeated", "Blog: NTK > baseline")
-    cmp("baseline", "pi", "repeated", "Blog: PI without fine-tuning is worse than the baseline")
-    for name in ("baseline", "ntk_old"):
-        rep, non = _acc(rows, name, top, "repeated"), _acc(rows, name, top, "non_repeated")
+    b = acc("baseline")
+    ntk = best([n for n in names if n.startswith(("ntk_", "dynamic", "yarn"))
+                and not n.endswith("logn_pretrain")])
+    rer = best([n for n in ("rerope", "rerope-w_quarter", "rerope-logn_dagger",
+                            "rerope-w_quarter-logn_dagger") if n in names])
+    if b is not None and ntk and rer:
+        lines.append(
+            f"- Blog: ReRoPE (w ∈ [L/4, L/2]) > NTK > baseline at {top} (repeated): "
+            f"best ReRoPE {rer[0]} {rer[1]:.2f}%, best NTK-family {ntk[0]} {ntk[1]:.2f}%, "
+            f"baseline {b:.2f}% — {verdict(rer[1] > ntk[1] > b)}."
+        )
+    for set_name in ("repeated", "non_repeated"):
+        pairs = [(n, f"{n}-logn_dagger") for n in ("ntk_old", "ntk_fixed", "ntk_mixed", "rerope")
+                 if n in names and f"{n}-logn_dagger" in names]
+        if pairs:
+            gains = [(acc(d, top, set_name) - acc(n, top, set_name), n) for n, d in pairs]
+            ok = all(g >= -1.0 for g, _ in gains)
+            lines.append(
+                f"- Blog: adding log n† does not hurt ({set_name.replace('_', '-')}, {top}): "
+                + ", ".join(f"{n} {g:+.2f}" for g, n in gains) + f" points — {verdict(ok)}."
+            )
+    if b is not None and acc("pi") is not None:
+        lines.append(f"- Blog: PI without fine-tuning is worse than the baseline at {top} "
+                     f"(repeated): PI {acc('pi'):.2f}% vs {b:.2f}% — {verdict(acc('pi') < b)}.")
+    if acc("rerope-w_full") is not None and acc("rerope-w_quarter") is not None:
+        x, y = acc("rerope-w_full"), acc("rerope-w_quarter")
+        lines.append(f"- Blog: ReRoPE with w = L collapses, w = L/4 works: {x:.2f}% vs "
+                     f"{y:.2f}% — {verdict(y > x + 5)}.")
+    if acc("hwfa") is not None and b is not None:
+        lines.append(f"- Blog: HWFA ≫ baseline at {top} (repeated): {acc('hwfa'):.2f}% vs "
+                     f"{b:.2f}% — {verdict(acc('hwfa') > b + 5)}.")
+    for name in ("baseline", "rerope"):
+        curve = _last_n(rows, name)
+        if len(curve) >= 2:
+            losses = [x for _, x in curve]
+            falling = all(b2 <= a2 + 0.02 for a2, b2 in itertools.pairwise(losses))
+            claim = ("non-increasing with context" if name == "rerope"
+                     else "rising beyond the training length")
+            ok = falling if name == "rerope" else losses[-1] > losses[0] + 0.05
+            lines.append(f"- Blog: last-{L}-token loss of {name} is {claim}: "
+                         + " → ".join(f"{x:.3f}" for x in losses) + f" — {verdict(ok)}.")
+    for name in ("baseline", "ntk_old", "rerope"):
+        rep, non = acc(name), acc(name, top, "non_repeated")
         if rep is not None and non is not None:
             lines.append(f"- {name}: repeated {rep:.2f}% vs non-repeated {non:.2f}% at {top} "
                          f"({'global look-back kept' if rep > non + 5 else 'no sign of global look-back'}).")
     lines += ["", "Published numbers come from a ≈100M GAU model trained at 512; ours from a small "
               "byte-level model, so only orderings are comparable, never the raw numbers "
-              "(`spec/experiments.md` §7)."]
+              "(`spec/experiments.md` §7). Orderings are single-seed here; the spec asks for "
+              "three seeds before calling a soft ordering established."]
     return "\n".join(lines)
+
+
+def _schedule_names() -> set[str]:
+    return set(_SCHEDULES) | {f"{n}-logn_dagger" for n in _SCHEDULES}

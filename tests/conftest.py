@@ -30,3 +30,13 @@ def text_folder(tmp_path):
         idx = torch.randint(0, len(words), (400,), generator=g).tolist()
         (root / f"doc{i:02d}.txt").write_text(" ".join(words[j] for j in idx) + "\n")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Run tests single-threaded: the tensors are tiny, and on a shared 2-core machine intra-op
+    threads only oversubscribe the CPU (a tiny decode step went from 3 ms to 170 ms under load)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

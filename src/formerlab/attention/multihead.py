@@ -12,8 +12,12 @@ The hooks are what the position family plugs into (``../spec/position.md``):
 An additive ``bias_fn(q_positions, k_positions) -> (H, nq, nk)`` hook serves ALiBi-style biases.
 
 The cache keeps **un-rotated** keys whenever the rotation depends on more than the key's own
-position (dynamic schedules, relative maps), so incremental decoding equals the full forward
-(the Hugging Face dynamic-NTK cache problem, huggingface/transformers#25104, does not arise).
+position (dynamic schedules, relative maps) and rotates them at read time. For static schedules
+and relative maps (ReRoPE, Leaky) incremental decoding then equals the full forward exactly. For
+dynamic NTK every layer attends with one consistent base (unlike Hugging Face's cache of rotated
+keys, huggingface/transformers#25104), which is exact for a single attention layer; in a deeper
+model the cached keys/values of later layers were computed from hidden states under earlier
+bases, so no key/value cache can reproduce the full forward exactly (tested: closer than HF's).
 """
 
 from __future__ import annotations

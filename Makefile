@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
-EXTRAS ?= lab,hf,fast,dev
+EXTRAS ?= lab,hf,fast,analysis,dev
 STAMP  := $(VENV)/.formerlab-installed
 
 .PHONY: demo test lint bench install clean

@@ -1,4 +1,4 @@
-"""Token mixers built on attention: the kernel entry point, normalisers, masks, MHA/GQA."""
+"""Token mixers: the kernel entry point, normalisers, masks, MHA/GQA, GAU, Synthesizer, linear attention."""
 
 from .kernel import causal_mask, repeat_kv, scaled_dot_product
 from .multihead import KVCache, MultiHeadAttention, build_attention_mask
@@ -14,4 +14,36 @@ __all__ = [
     "register_normalizer",
     "repeat_kv",
     "scaled_dot_product",
+]
+
+# --- attention family (issue 4): normalisers, masks, GAU, Synthesizer, linear attention ---
+from .gau import GatedAttentionUnit, GAULayer, ScaleOffset
+from .linear import (
+    FEATURE_MAPS,
+    LinearAttentionState,
+    linear_attention,
+    linear_attention_matrix,
+)
+from .masks import MASKS, build_mask, pcw_position_ids, prefix_segment_ids, register_mask
+from .normalize import attention_entropy, entropy_floor, softmax_plus_factor
+from .synthesizer import SYNTHESIZER_KINDS, SynthesizerAttention
+
+__all__ += [
+    "FEATURE_MAPS",
+    "MASKS",
+    "SYNTHESIZER_KINDS",
+    "GAULayer",
+    "GatedAttentionUnit",
+    "LinearAttentionState",
+    "ScaleOffset",
+    "SynthesizerAttention",
+    "attention_entropy",
+    "build_mask",
+    "entropy_floor",
+    "linear_attention",
+    "linear_attention_matrix",
+    "pcw_position_ids",
+    "prefix_segment_ids",
+    "register_mask",
+    "softmax_plus_factor",
 ]

@@ -1,5 +1,5 @@
 """One module per registered experiment; importing this package registers them all."""
 
-from . import extrapolation
+from . import decoder_only, entropy_invariance, extrapolation, gau_vs_mha, position_probe
 
-__all__ = ["extrapolation"]
+__all__ = ["decoder_only", "entropy_invariance", "extrapolation", "gau_vs_mha", "position_probe"]

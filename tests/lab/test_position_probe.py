@@ -1,0 +1,43 @@
+"""Hard asserts of the relative-position flaw (spec position.md §9.3-9.4, experiments.md §7.1)."""
+
+import math
+
+import pytest
+
+from formerlab.lab import run_experiment
+from formerlab.lab.experiments.position_probe import PROBE_VARIANTS, probe_inputs
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe")
+    report, paths = run_experiment("position-probe", preset="micro", out_dir=out, device="cpu",
+                                   progress=False)
+    return {r["variant"]: r for r in report.rows}, report, paths, out
+
+
+@pytest.mark.parametrize("name", ["softmax_rope", "softmax_rope_causal"])
+def test_softmax_rope_cannot_tell_positions_apart(run, name):
+    r = run[0][name]
+    n = r["n"]
+    assert r["row_spread"] < 1e-4, "identical inputs must give identical output rows"
+    assert r["accuracy"] <= 1 / n + 1e-9
+    assert r["loss"] == pytest.approx(math.log(n), abs=1e-3)
+
+
+@pytest.mark.parametrize("name", ["l2_rope", "none_rope", "boundary_rope", "softmax_learned"])
+def test_remedies_solve_the_probe(run, name):
+    assert run[0][name]["accuracy"] > 0.9
+
+
+def test_probe_inputs():
+    ids, target, sl = probe_inputs(4, boundary=True)
+    assert ids.tolist() == [[1, 0, 0, 0, 0, 2]] and target.tolist() == [[0, 1, 2, 3]]
+    assert ids[0, sl].tolist() == [0, 0, 0, 0]
+
+
+def test_experiment_writes_report(run):
+    _, report, paths, out = run
+    assert len(report.rows) == len(PROBE_VARIANTS)
+    assert "**not reproduced**" not in report.notes
+    assert paths["html"].is_file() and (out / "probe_loss.png").is_file()

@@ -1,4 +1,5 @@
-"""The ``formerlab`` command: ``train``, ``eval``, ``lab list``, ``lab run``, ``report``.
+"""The ``formerlab`` command: ``train``, ``eval``, ``lab list``, ``lab run``, ``report``,
+``tokenizer train|encode|sample|stats``.
 
 Every subcommand has ``--help``; ``--device auto`` picks CUDA when present. Data-parallel
 training: ``torchrun --nproc_per_node=2 -m formerlab train ...`` (gloo on CPU, NCCL on GPU).
@@ -209,6 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="rebuild table.md and report.html from results.json")
     r.add_argument("dir", type=Path, help="a lab results folder")
     r.set_defaults(func=_cmd_report)
+
+    from .tokenize.cli import add_subparser as add_tokenizer
+
+    add_tokenizer(sub)
     return p
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..nn.init import normal_init_
 from .blocks import DecoderBlock
 from .outputs import BaseModelOutput
 
@@ -61,16 +62,7 @@ class Encoder(nn.Module):
                            else nn.Identity())
         self.dropout = nn.Dropout(c.dropout)
         self.layers = nn.ModuleList(DecoderBlock(c, i, causal=False) for i in range(c.num_layers))
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+        normal_init_(self, c.initializer_range)
 
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
               position_ids: Tensor | None = None) -> Tensor:

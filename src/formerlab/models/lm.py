@@ -9,7 +9,6 @@ whole model (inference-time length extension: PI, NTK, ReRoPE, log-n† ...).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from torch import Tensor, nn
 
 from ..attention.multihead import KVCache
 from ..config import ModelConfig
+from ..nn.init import normal_init_, scale_residual_
 from ..nn.norms import build_norm
 from ..position.absolute import LearnedPositionEmbedding, SinusoidalPositionEmbedding
 from ..position.rope import RotaryEmbedding
@@ -105,22 +105,8 @@ class CausalLM(nn.Module):
         self._position_method: dict[str, Any] = {}
         self.gradient_checkpointing = False
         self.reset_position_method()
-        self.apply(self._init_weights)
-        resid_std = c.initializer_range / math.sqrt(2 * c.num_layers)
-        for layer in self.layers:
-            for name in ("o_proj", "down_proj"):
-                mod = getattr(layer.self_attn, name, None) or getattr(layer.mlp, name, None)
-                if isinstance(mod, nn.Linear):
-                    nn.init.normal_(mod.weight, std=resid_std)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.initializer_range
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=std)
+        normal_init_(self, c.initializer_range)
+        scale_residual_(self.layers, c.num_layers)  # o_proj, down_proj: std / sqrt(2L)
 
     # -- position methods --------------------------------------------------------------------
     def set_position_method(

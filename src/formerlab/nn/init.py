@@ -38,6 +38,7 @@ __all__ = [
     "he_",
     "keras_fan_in",
     "lecun_",
+    "normal_init_",
     "scale_residual_",
     "t5_attention_init_",
     "tf_truncated_normal_",
@@ -172,6 +173,19 @@ def t5_attention_init_(
         for lin in (q, k, v, o):
             if lin.bias is not None:
                 lin.bias.zero_()
+
+
+def normal_init_(module: nn.Module, std: float, *, generator: torch.Generator | None = None
+                 ) -> nn.Module:
+    """``N(0, std)`` for every ``Linear`` and ``Embedding`` weight, zero ``Linear`` biases
+    (BERT / GPT-2 style). Returns ``module``."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                m.weight.normal_(0.0, std, generator=generator)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                m.bias.zero_()
+    return module
 
 
 def scale_residual_(layers: nn.Module, num_layers: int, names: tuple[str, ...] = ("o_proj", "down_proj"),

@@ -105,7 +105,15 @@ def apply_rope(
         )
     x_rot, x_pass = (x, None) if r == x.shape[-1] else (x[..., :r], x[..., r:])
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    out = x_rot * cos + _rotate(x_rot, layout) * sin
+    if layout == "half":
+        # out = x·cos + rotate_half(x)·sin, written without materialising rotate_half(x):
+        # one product, then the two halves accumulate in place (views of the fresh tensor)
+        h = r // 2
+        out = x_rot * cos
+        out[..., :h].addcmul_(x_rot[..., h:], sin[..., :h], value=-1.0)
+        out[..., h:].addcmul_(x_rot[..., :h], sin[..., h:])
+    else:
+        out = x_rot * cos + _rotate(x_rot, layout) * sin
     return out if x_pass is None else torch.cat([out, x_pass], dim=-1)
 
 

@@ -46,16 +46,26 @@ def save_line_plot(
     ylabel: str,
     logx: bool = False,
     vline: float | None = None,
+    styles: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
-    """Save a line plot of ``{label: (xs, ys)}`` as PNG (matplotlib, Agg backend)."""
+    """Save a line plot of ``{label: (xs, ys)}`` as PNG (matplotlib, Agg backend).
+
+    ``styles`` maps a label to extra ``plot`` keyword arguments (colour, linestyle ...); without
+    it, more than ten series take their colours from the 20-colour ``tab20`` map.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
-    for label, (xs, ys) in series.items():
-        ax.plot(list(xs), list(ys), marker="o" if len(xs) < 20 else None, ms=3, label=label)
+    palette = plt.get_cmap("tab20") if len(series) > 10 else None
+    for i, (label, (xs, ys)) in enumerate(series.items()):
+        kw: dict[str, Any] = {"marker": "o" if len(xs) < 20 else None, "ms": 3}
+        if palette is not None:
+            kw["color"] = palette(i % 20)
+        kw.update((styles or {}).get(label, {}))
+        ax.plot(list(xs), list(ys), label=label, **kw)
     if logx:
         ax.set_xscale("log", base=2)
     if vline is not None:

@@ -402,9 +402,27 @@ def _table(rows: list[dict[str, Any]], cfg: ExtrapolationConfig) -> str:
     )
 
 
+def _styles(names: list[str]) -> dict[str, dict[str, Any]]:
+    """One colour per method family; its log n† twin is dashed in the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    palette = plt.get_cmap("tab20")
+    bases = list(dict.fromkeys(n.removesuffix("-logn_dagger") for n in names))
+    out = {}
+    for n in names:
+        base = n.removesuffix("-logn_dagger")
+        out[n] = {"color": palette(bases.index(base) % 20),
+                  "linestyle": "--" if n.endswith("-logn_dagger") else "-"}
+    return out
+
+
 def _figures(ctx: RunContext, rows: list[dict[str, Any]], curves: dict[str, list[float]],
              cfg: ExtrapolationConfig) -> list[Figure]:
     figs = []
+    styles = _styles(list(dict.fromkeys(r["method"] for r in rows)))
     for set_name in ("non_repeated", "repeated"):
         series = {}
         for name in dict.fromkeys(r["method"] for r in rows):
@@ -414,14 +432,15 @@ def _figures(ctx: RunContext, rows: list[dict[str, Any]], curves: dict[str, list
         path = save_line_plot(ctx.out_dir / f"accuracy_{set_name}.png", series,
                               title=f"Accuracy vs test length ({set_name.replace('_', '-')} set)",
                               xlabel="test length (tokens)", ylabel="next-token accuracy (%)",
-                              logx=True, vline=cfg.train_len)
+                              logx=True, vline=cfg.train_len, styles=styles)
         figs.append(Figure(path, f"Accuracy vs length, {set_name.replace('_', '-')} set; dashed "
                                  f"line = training length {cfg.train_len}."))
     n = max(cfg.lengths)
     series = {k: (list(range(1, len(v) + 1)), v) for k, v in curves.items()}
     path = save_line_plot(ctx.out_dir / "loss_by_position.png", series,
                           title=f"Per-position loss at length {n} (non-repeated)",
-                          xlabel="position", ylabel="loss (nats)", vline=cfg.train_len)
+                          xlabel="position", ylabel="loss (nats)", vline=cfg.train_len,
+                          styles=styles)
     figs.append(Figure(path, "Loss of predicting token t+1 by position t; beyond the dashed line "
                              "the model sees positions it was never trained on."))
     series = {}
@@ -431,7 +450,8 @@ def _figures(ctx: RunContext, rows: list[dict[str, Any]], curves: dict[str, list
         series[name] = ([p[0] for p in pts], [p[1] for p in pts])
     path = save_line_plot(ctx.out_dir / "last_n_loss.png", series,
                           title=f"Loss on the last {cfg.train_len} tokens vs context length",
-                          xlabel="context length (tokens)", ylabel="loss (nats)", logx=True)
+                          xlabel="context length (tokens)", ylabel="loss (nats)", logx=True,
+                          styles=styles)
     figs.append(Figure(path, "Same targets at every context length: falling = long context "
                              "is used; rising = the method breaks beyond the training length."))
     return figs

@@ -95,3 +95,27 @@ def test_listing_and_errors(tmp_path):
     assert {"baseline", "pi", "ntk_old", "nope", "sinusoidal", "ntk_mixed-logn_dagger", "yarn",
             "dynamic", "rerope", "leaky", "hwfa", "hwfa2", "invleaky", "rope_bias",
             "baseline-logn_pretrain"} <= set(METHODS)
+
+
+def test_every_trained_variant_builds_trains_and_evaluates(tmp_path):
+    """The full preset's trained variants, at micro size: a wiring bug must not wait for a
+    multi-hour run to surface."""
+    from formerlab import ModelConfig, TrainConfig
+    from formerlab.lab.base import RunContext
+    from formerlab.lab.experiments.extrapolation import run as run_extrapolation
+
+    trained = [n for n in METHODS if not METHODS.get(n).inference_only]
+    assert {"hwfa", "hwfa2", "invleaky", "rope_bias", "nope", "sinusoidal",
+            "rerope-logn_pretrain"} <= set(trained)
+    cfg = ExtrapolationConfig(
+        train_len=16, test_multipliers=[2], num_samples=2, eval_batch_size=2,
+        last_n_multipliers=[1, 2], methods=trained,
+        model=ModelConfig(hidden_size=16, num_layers=4, num_heads=2),
+        train=TrainConfig(steps=2, batch_size=2, seq_len=16, warmup_steps=1),
+    )
+    ctx = RunContext(preset="micro", out_dir=tmp_path, device="cpu", progress=False,
+                     cache_dir=tmp_path / "cache")
+    report = run_extrapolation(ctx, cfg)
+    assert set(report.meta["training"]) == {METHODS.get(n).variant for n in trained}
+    assert {r["method"] for r in report.rows} == set(trained)
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in report.rows if r["accuracy"] is not None)

@@ -29,8 +29,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# every benchmark: ratios against a named peer, written to benchmarks/results/*.json
 bench: $(STAMP)
-	$(PY) benchmarks/bench_train_step.py
+	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

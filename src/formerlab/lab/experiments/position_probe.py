@@ -101,7 +101,7 @@ def train_probe(variant: ProbeVariant, n: int, *, steps: int, hidden: int = 32, 
     title="relative-position flaw: n identical tokens -> positions (softmax + RoPE cannot)",
 )
 def run(ctx: RunContext) -> ExperimentReport:
-    n, steps = {"micro": (8, 120), "quick": (16, 400), "full": (32, 1000)}[ctx.preset]
+    n, steps = {"micro": (8, 200), "quick": (16, 400), "full": (32, 1000)}[ctx.preset]
     t0 = time.perf_counter()
     rows, curves = [], {}
     for v in PROBE_VARIANTS:

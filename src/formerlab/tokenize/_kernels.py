@@ -339,30 +339,12 @@ def legacy_batch(buf, offsets, trie, node_pid, scores, max_piece, alpha, seeds):
 def log_partition_batch(buf, offsets, trie, node_pid, scores, max_piece, alpha):
     """``logZ`` of every text: the forward recursion of the perfect sampler without sampling."""
     n_texts = offsets.shape[0] - 1
-    m = _max_len(offsets)
-    logz = np.empty(m + 1)
+    logz = np.empty(_max_len(offsets) + 1)
     out = np.empty(n_texts)
     for t in range(n_texts):
         a = offsets[t]
         n = offsets[t + 1] - a
-        logz[0] = 0.0
-        for e in range(1, n + 1):
-            top = NEG_INF
-            total = 0.0
-            node = 0
-            for j in range(e - 1, max(0, e - max_piece) - 1, -1):
-                node = _child(node, np.int64(buf[a + j]), trie)
-                if node < 0:
-                    break
-                pid = node_pid[node]
-                if pid >= 0:
-                    lw = logz[j] + alpha * scores[pid]
-                    if lw > top:
-                        total = total * np.exp(top - lw) + 1.0
-                        top = lw
-                    elif lw > NEG_INF:
-                        total += np.exp(lw - top)
-            logz[e] = top + np.log(total) if total > 0.0 else NEG_INF
+        _forward_log(buf, a, n, trie, node_pid, scores, max_piece, alpha, logz)
         out[t] = logz[n]
     return out
 

@@ -112,3 +112,20 @@ def test_checkpoint_write_is_atomic(tmp_path):
     ckpt_mod.write_atomic(tmp_path / "f", b"abc")
     assert (tmp_path / "f").read_bytes() == b"abc"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_summary_losses_and_dict_batches(tmp_path):
+    """The summary holds every step's loss; a dict batch passes model keyword arguments."""
+    mc = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
+    tc = TrainConfig(steps=3, batch_size=4, seq_len=16, lr=1e-2, warmup_steps=1)
+    torch.manual_seed(0)
+    tuple_run = Trainer(CausalLM(mc), mc, tc, batch_fn(tc), device="cpu", progress=False).train()
+    assert len(tuple_run.losses) == 3 and tuple_run.final_loss == tuple_run.losses[-1]
+
+    def dict_fn(step, rows):
+        ids, _ = batch_fn(tc)(step, rows)
+        return {"input_ids": ids, "labels": None, "attention_mask": torch.ones_like(ids)}
+
+    torch.manual_seed(0)
+    dict_run = Trainer(CausalLM(mc), mc, tc, dict_fn, device="cpu", progress=False).train()
+    assert dict_run.losses == tuple_run.losses

@@ -14,7 +14,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,10 @@ from .schedules import lr_at
 
 __all__ = ["BatchFn", "TrainSummary", "Trainer", "build_optimizer"]
 
-#: ``batch_fn(step, rows) -> (input_ids, labels or None)``: rows of the step's global batch
-BatchFn = Callable[[int, slice], tuple[Tensor, Tensor | None]]
+#: ``batch_fn(step, rows)`` returns the given rows of the step's global batch, either as
+#: ``(input_ids, labels or None)`` or as a dict of model keyword arguments (``input_ids``,
+#: ``labels``, ``attention_mask`` ...); missing labels default to the input ids
+BatchFn = Callable[[int, slice], "tuple[Tensor, Tensor | None] | Mapping[str, Tensor | None]"]
 
 
 @dataclasses.dataclass
@@ -40,6 +42,7 @@ class TrainSummary:
     tokens_per_second: float
     seconds: float
     resumed_from: int | None = None
+    losses: list[float] = dataclasses.field(default_factory=list)  # steps run in this call
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
@@ -146,10 +149,12 @@ class Trainer:
         tokens_per_step = cfg.batch_size * cfg.seq_len
         t0 = time.perf_counter()
         last_t, last_loss, done = t0, float("nan"), start
+        losses: list[float] = []
         self.ddp.train()
         try:
             for step in range(start, cfg.steps):
                 loss = self._step(step)
+                losses.append(loss)
                 done = step + 1
                 now = time.perf_counter()
                 tps = tokens_per_step / max(now - last_t, 1e-9)
@@ -184,6 +189,7 @@ class Trainer:
             tokens_per_second=steps_run * tokens_per_step / seconds if steps_run else 0.0,
             seconds=seconds,
             resumed_from=resumed,
+            losses=losses,
         )
 
     def _step(self, step: int) -> float:
@@ -192,13 +198,17 @@ class Trainer:
             group["lr"] = lr_at(step, cfg)
         total = torch.zeros((), device=self.device)
         for micro in range(cfg.grad_accum):
-            ids, labels = self.batch_fn(step, self._rows(micro))
-            ids = ids.to(self.device)
-            labels = ids if labels is None else labels.to(self.device)
+            batch = self.batch_fn(step, self._rows(micro))
+            if not isinstance(batch, Mapping):
+                batch = {"input_ids": batch[0], "labels": batch[1]}
+            kwargs = {k: v.to(self.device) if isinstance(v, Tensor) else v
+                      for k, v in batch.items()}
+            if kwargs.get("labels") is None:
+                kwargs["labels"] = kwargs["input_ids"]
             sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
             ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
             with ctx:
-                out = self.ddp(ids, labels=labels)
+                out = self.ddp(**kwargs)
                 loss = out.loss / cfg.grad_accum
                 loss.backward()
             total += loss.detach()

@@ -24,9 +24,10 @@ from ...attention.masks import build_mask
 from ...config import Config, ModelConfig, TrainConfig
 from ...data.batching import step_generator
 from ...models.lm import CausalLM
+from ...train.trainer import Trainer
 from ..base import ExperimentReport, Figure, RunContext, register_experiment
 from ..report import markdown_table, save_line_plot
-from .gau_vs_mha import smooth, train_with_curve
+from .gau_vs_mha import smooth
 
 __all__ = ["DecoderOnlyConfig", "seq2seq_batch"]
 
@@ -128,21 +129,18 @@ def run(ctx: RunContext, config: DecoderOnlyConfig | None = None) -> ExperimentR
             for seed in cfg.seeds:
                 tc = cfg.train.replace(seed=seed, seq_len=n)
 
-                def batch(step: int, task=task, tc=tc):
+                def batch(step: int, rows: slice, task=task, tc=tc, kind=kind):
                     ids, labels, seg = seq2seq_batch(task, tc.batch_size, cfg.length, cfg.vocab,
                                                      seed=tc.seed, step=step)
-                    return torch.cat([ids, seg], 0), labels  # segment ids ride along
-
-                def forward(model, packed, labels, kind=kind):
-                    ids, seg = packed.chunk(2, 0)
-                    mask = _mask(kind, seg)
-                    am = None if mask is None else mask.to(ids.device)
-                    return model(ids, attention_mask=am, labels=labels).loss
+                    ids, labels, seg = ids[rows], labels[rows], seg[rows]
+                    return {"input_ids": ids, "labels": labels,
+                            "attention_mask": _mask(kind, seg)}
 
                 torch.manual_seed(seed)
                 model = CausalLM(mc)
-                losses, secs = train_with_curve(model, tc, batch, device=ctx.device,
-                                                forward=forward)
+                summary = Trainer(model, mc, tc, batch, device=ctx.device, progress=False).train()
+                losses, secs = summary.losses, summary.seconds
+                model.eval()
                 loss, acc, exact = _evaluate(model, cfg, task, kind, ctx.device)
                 rows.append({"task": task, "mask": kind, "seed": seed, "eval_loss": loss,
                              "token_accuracy": acc, "exact_match": exact,

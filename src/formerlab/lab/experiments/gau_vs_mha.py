@@ -9,8 +9,7 @@ parameters (``2·(3ed + sd) ≈ 4d² + 3d·f``). Both are trained with the same 
 seed; then forward+backward time and activation memory (bytes saved for backward, counted with
 ``torch.autograd.graph.saved_tensors_hooks``) are measured at several lengths.
 
-``train_with_curve`` (a small deterministic loop recording the loss of every step) is shared with
-the other attention experiments.
+Training uses :class:`~formerlab.train.Trainer`, which records the loss of every step.
 """
 
 from __future__ import annotations
@@ -29,53 +28,14 @@ from ...data.batching import window_batch
 from ...data.corpora import load_corpus
 from ...models.gau_lm import GAUCausalLM, GAUConfig
 from ...models.lm import CausalLM
-from ...train.schedules import lr_at
-from ...train.trainer import build_optimizer
+from ...train.trainer import Trainer
 from ..base import ExperimentReport, Figure, RunContext, register_experiment
 from ..report import markdown_table, save_line_plot
 
-__all__ = ["GAUvsMHAConfig", "activation_bytes", "equal_param_expansion", "train_with_curve"]
+__all__ = ["GAUvsMHAConfig", "activation_bytes", "equal_param_expansion"]
 
 
 # --- shared helpers -----------------------------------------------------------------------------
-def train_with_curve(
-    model: nn.Module,
-    cfg: TrainConfig,
-    batch_fn: Callable[[int], tuple[Tensor, Tensor | None]],
-    *,
-    device: torch.device,
-    forward: Callable[[nn.Module, Tensor, Tensor], Tensor] | None = None,
-    progress: Callable[[str], None] | None = None,
-) -> tuple[list[float], float]:
-    """Train ``model`` for ``cfg.steps`` AdamW steps; return the loss of every step and seconds.
-
-    ``batch_fn(step) -> (input_ids, labels or None)``; ``forward(model, ids, labels) -> loss``
-    (default ``model(ids, labels=labels).loss``).
-    """
-    torch.manual_seed(cfg.seed)
-    model.to(device).train()
-    opt = build_optimizer(model, cfg)
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    for step in range(cfg.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        ids, labels = batch_fn(step)
-        ids = ids.to(device)
-        labels = ids if labels is None else labels.to(device)
-        loss = forward(model, ids, labels) if forward else model(ids, labels=labels).loss
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if progress and (step + 1) % cfg.log_every == 0:
-            progress(f"step {step + 1}/{cfg.steps} loss {losses[-1]:.4f}")
-    model.eval()
-    return losses, time.perf_counter() - t0
-
-
 def activation_bytes(fn: Callable[[], Tensor]) -> int:
     """Bytes of the tensors autograd saves for backward while running ``fn()`` (then backward)."""
     total = 0
@@ -195,8 +155,9 @@ def run(ctx: RunContext, config: GAUvsMHAConfig | None = None) -> ExperimentRepo
     tc = cfg.train.replace(seed=ctx.seed)
     L = tc.seq_len
 
-    def batch_fn(step: int) -> tuple[Tensor, None]:
-        return window_batch(train_tokens, tc.batch_size, L, seed=tc.seed, step=step), None
+    def batch_fn(step: int, rows: slice) -> tuple[Tensor, None]:
+        return window_batch(train_tokens, tc.batch_size, L, seed=tc.seed, step=step,
+                            rows=rows), None
 
     def log(msg: str) -> None:
         if ctx.progress:
@@ -209,7 +170,10 @@ def run(ctx: RunContext, config: GAUvsMHAConfig | None = None) -> ExperimentRepo
         params = sum(p.numel() for p in model.parameters())
         non_emb = params - model.embed_tokens.weight.numel()
         log(f"training {name} ({non_emb:,} non-embedding parameters)")
-        losses, secs = train_with_curve(model, tc, batch_fn, device=ctx.device, progress=log)
+        summary = Trainer(model, model.config, tc, batch_fn, device=ctx.device,
+                          progress=ctx.progress).train()
+        losses, secs = summary.losses, summary.seconds
+        model.eval()
         curves[name] = (list(range(1, len(losses) + 1)), smooth(losses, max(1, tc.log_every // 2)))
         with torch.no_grad():
             vl = [float(model(ids.to(ctx.device), labels=ids.to(ctx.device)).loss)

@@ -37,6 +37,7 @@ except ImportError:  # running from a checkout without the editable install
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from _common import timeit as _timeit  # type: ignore[import-not-found]  # noqa: E402
 from formerlab.position import (  # noqa: E402
     ReRoPECache,
     apply_rope,
@@ -82,14 +83,9 @@ def prefill_fn(name: str, n: int, window: int):
 
 
 def timeit(fn, reps: int) -> float:
+    """Best of ``reps`` runs under inference mode (the least-disturbed run on a shared machine)."""
     with torch.inference_mode():
-        fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return min(times)  # the least-disturbed run (the machine may be shared)
+        return _timeit(fn, repeats=reps, warmup=1)["min_s"]
 
 
 def decode_times(n: int, window: int, steps: int, reps: int) -> dict[str, float]:

@@ -13,7 +13,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,21 +23,16 @@ except ImportError:  # running from a checkout without the editable install
 
 import torch  # noqa: E402
 
+from _common import timeit as _timeit  # type: ignore[import-not-found]  # noqa: E402
 from formerlab.position import apply_rope, rope_cos_sin, rope_frequencies  # noqa: E402
 
 SHAPES = [(1, 8, 1024, 64), (4, 8, 1024, 64), (1, 32, 2048, 128), (8, 8, 256, 64)]
 
 
 def timeit(fn, reps: int) -> float:
+    """Best of ``reps`` runs under inference mode (the least-disturbed run on a shared machine)."""
     with torch.inference_mode():
-        for _ in range(3):
-            fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return min(times)  # the least-disturbed run (the machine may be shared)
+        return _timeit(fn, repeats=reps, warmup=3)["min_s"]
 
 
 def main() -> None:

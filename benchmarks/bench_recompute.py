@@ -18,25 +18,16 @@ import torch
 
 from formerlab.models import CausalLM
 from formerlab.models.presets import llama
+from formerlab.nn.recompute import saved_activation_bytes
 
 OUT = Path(__file__).parent / "results" / "bench_recompute.json"
 REPEATS = int(os.environ.get("BENCH_REPEATS", "5"))
 
 
 def saved_bytes(model, ids) -> int:
-    total = 0
-
-    def pack(t):
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(ids, labels=ids).loss
-    loss.backward()
+    total = saved_activation_bytes(lambda: model(ids, labels=ids).loss)
     model.zero_grad(set_to_none=True)
     return total
-
 
 def step_times(model, ids) -> tuple[float, float]:
     """Best step time without and with recompute, alternating the two inside every repeat."""

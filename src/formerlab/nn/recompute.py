@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "recompute",
     "recompute_active",
     "recompute_mode",
+    "saved_activation_bytes",
 ]
 
 _OVERRIDE: list[bool] = []
@@ -164,3 +165,23 @@ def disable_recompute(model: nn.Module) -> nn.Module:
         if _ORIG in m.__dict__:
             m.recompute_checkpoint = False
     return model
+
+
+def saved_activation_bytes(fn: Callable[[], Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward while running ``fn()`` (a scalar loss),
+    counted with ``torch.autograd.graph.saved_tensors_hooks``; then runs the backward pass.
+
+    The deterministic memory proxy of recompute (kexue.fm/archives/7367): checkpointed segments
+    save only their inputs.
+    """
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = fn()
+    loss.backward()
+    return total

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -28,29 +27,15 @@ from ...data.batching import window_batch
 from ...data.corpora import load_corpus
 from ...models.gau_lm import GAUCausalLM, GAUConfig
 from ...models.lm import CausalLM
+from ...nn.recompute import saved_activation_bytes
 from ...train.trainer import Trainer
 from ..base import ExperimentReport, Figure, RunContext, register_experiment
 from ..report import markdown_table, save_line_plot
 
-__all__ = ["GAUvsMHAConfig", "activation_bytes", "equal_param_expansion"]
+__all__ = ["GAUvsMHAConfig", "equal_param_expansion"]
 
 
 # --- shared helpers -----------------------------------------------------------------------------
-def activation_bytes(fn: Callable[[], Tensor]) -> int:
-    """Bytes of the tensors autograd saves for backward while running ``fn()`` (then backward)."""
-    total = 0
-
-    def pack(t: Tensor) -> Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = fn()
-    loss.backward()
-    return total
-
-
 def smooth(xs: list[float], k: int) -> list[float]:
     out, acc = [], 0.0
     for i, x in enumerate(xs):
@@ -136,7 +121,7 @@ def _speed(model: nn.Module, n: int, batch: int, repeats: int, vocab: int,
         model(ids, labels=ids).loss.backward()
         times.append(time.perf_counter() - t0)
     model.zero_grad(set_to_none=True)
-    mem = activation_bytes(lambda: model(ids, labels=ids).loss)
+    mem = saved_activation_bytes(lambda: model(ids, labels=ids).loss)
     model.zero_grad(set_to_none=True)
     model.eval()
     return min(times), mem

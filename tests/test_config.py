@@ -74,3 +74,11 @@ def test_registry_errors_and_aliases():
     with pytest.raises(ValueError, match="already registered"):
         reg.add("uno", 2)
     assert "one" in reg and list(reg) == ["one"]
+
+
+def test_coerce():
+    mc = ModelConfig(hidden_size=64, num_heads=2)
+    assert ModelConfig.coerce(mc) is mc
+    assert ModelConfig.coerce({"hidden_size": 64, "num_heads": 2}) == mc
+    with pytest.raises(TypeError, match="config must be a ModelConfig or dict, got str"):
+        ModelConfig.coerce("64")

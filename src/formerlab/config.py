@@ -66,6 +66,15 @@ class Config:
             kwargs[key] = value
         return cls(**kwargs)
 
+    @classmethod
+    def coerce(cls: type[C], obj: C | dict[str, Any]) -> C:
+        """``obj`` if it already is a ``cls``, ``cls.from_dict(obj)`` if it is a dict."""
+        if isinstance(obj, dict):
+            return cls.from_dict(obj)
+        if not isinstance(obj, cls):
+            raise TypeError(f"config must be a {cls.__name__} or dict, got {type(obj).__name__}")
+        return obj
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):

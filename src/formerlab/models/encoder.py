@@ -42,10 +42,7 @@ class Encoder(nn.Module):
     def __init__(self, config: ModelConfig | dict[str, Any], type_vocab_size: int = 2,
                  pad_token_id: int | None = 0) -> None:
         super().__init__()
-        if isinstance(config, dict):
-            config = ModelConfig.from_dict(config)
-        if not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig or dict, got {type(config).__name__}")
+        config = ModelConfig.coerce(config)
         if config.position not in ("learned", "nope"):
             raise ValueError(
                 f"Encoder uses learned absolute positions (or none); got position={config.position!r}"

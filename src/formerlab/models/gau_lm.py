@@ -120,10 +120,7 @@ class _GAUStack(nn.Module):
 
     def __init__(self, config: GAUConfig | dict[str, Any]) -> None:
         super().__init__()
-        if isinstance(config, dict):
-            config = GAUConfig.from_dict(config)
-        if not isinstance(config, GAUConfig):
-            raise TypeError(f"config must be a GAUConfig or dict, got {type(config).__name__}")
+        config = GAUConfig.coerce(config)
         self.config = c = config
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
         self.embed_token_types = (nn.Embedding(c.type_vocab_size, c.hidden_size)

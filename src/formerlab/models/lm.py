@@ -52,10 +52,7 @@ class CausalLM(nn.Module):
 
     def __init__(self, config: ModelConfig | dict[str, Any]) -> None:
         super().__init__()
-        if isinstance(config, dict):
-            config = ModelConfig.from_dict(config)
-        if not isinstance(config, ModelConfig):
-            raise TypeError(f"config must be a ModelConfig or dict, got {type(config).__name__}")
+        config = ModelConfig.coerce(config)
         self.config = c = config
         self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size)
         self.pos_embed: nn.Module | None = None

@@ -198,10 +198,10 @@ class MultiHeadAttention(nn.Module):
                 "re-run the prefill after changing the position method"
             )
         k_pos = positions
-        if past is not None:
+        if past is not None and past.positions.dim() == positions.dim() == 1:
+            k_pos = torch.cat([past.positions, positions], -1)
+        elif past is not None:
             k_pos = torch.cat([_expand_pos(past.positions, b), _expand_pos(positions, b)], -1)
-            if past.positions.dim() == 1 and positions.dim() == 1:
-                k_pos = torch.cat([past.positions, positions], -1)
         rotated_k = k
         if self.rotary is not None and not raw:
             rotated_k = self.rotary.rotate(k, positions)

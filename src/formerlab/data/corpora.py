@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import platform
 import sysconfig
-from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -59,6 +58,7 @@ class TextCorpus:
     root: Path
     files: dict[str, list[Path]]
     byte_ranges: dict[str, tuple[int, int]] | None = None  # single-file corpora
+    _cache: dict[str, Tensor] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def split_bytes(self, split: str) -> bytes:
         if split not in SPLITS:
@@ -69,9 +69,6 @@ class TextCorpus:
             return data[lo:hi]
         return FILE_SEPARATOR.join(p.read_bytes() for p in self.files[split])
 
-    @cached_property
-    def _cache(self) -> dict[str, Tensor]:
-        return {}
 
     def tokens(self, split: str = "train") -> Tensor:
         """The split as a 1-D ``int64`` tensor of byte values (cached in memory)."""
@@ -148,7 +145,6 @@ def load_corpus(path: str | Path | None = None) -> TextCorpus:
     for p in files:
         splits[_split_of(p.relative_to(path).as_posix())].append(p)
     if len(files) < 3 or not splits["train"]:
-        # too few files to split by file: fall back to a byte-range split of the concatenation
         raise ValueError(
             f"corpus folder {path} has {len(files)} text file(s); a folder needs enough files "
             "for a by-file split (or pass a single file, which is split by byte ranges)"

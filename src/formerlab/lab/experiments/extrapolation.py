@@ -68,7 +68,8 @@ def _variant_changes(variant: str, cfg: ExtrapolationConfig) -> dict[str, Any]:
     if variant == "rope_bias":
         return {"qk_bias": True}
     if variant == "hwfa":
-        return {**logn, "logn": None,
+        # the full NoPE layer's log-n comes from its layer spec; only the base length is shared
+        return {"logn_base_length": L,
                 "layer_specs": [s.to_dict() for s in hwfa_specs(layers, L)]}
     if variant == "hwfa2":
         specs = hwfa2_specs(layers, window=max(2, L // 4), num_full=2 if layers >= 4 else 1,

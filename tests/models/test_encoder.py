@@ -93,3 +93,16 @@ def test_encoder_gradient_checkpointing_same_gradients():
     enc.gradient_checkpointing_enable()
     for a, b in zip(ref, grads()):
         assert torch.equal(a, b)
+
+
+def test_encoder_inputs_embeds_equals_input_ids():
+    from formerlab.models import Encoder
+    from formerlab.models.presets import bert
+
+    torch.manual_seed(0)
+    enc = Encoder(bert(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4,
+                       max_position_embeddings=16)).eval()
+    ids = torch.randint(0, 50, (2, 7))
+    ref = enc(ids).last_hidden_state
+    out = enc(inputs_embeds=enc.embed_tokens(ids)).last_hidden_state
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)

@@ -164,3 +164,29 @@ def test_gradient_checkpointing_gives_identical_gradients(tiny_config):
     m(x, labels=x).loss.backward()
     for k, p in m.named_parameters():
         torch.testing.assert_close(p.grad, ref[k], rtol=0, atol=0, msg=k)
+
+
+def test_inputs_embeds_equals_input_ids(tiny_config):
+    torch.manual_seed(0)
+    model = CausalLM(tiny_config).eval()
+    ids = torch.randint(0, tiny_config.vocab_size, (2, 9))
+    ref = model(ids).logits
+    out = model(inputs_embeds=model.embed_tokens(ids)).logits
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        model(ids, inputs_embeds=model.embed_tokens(ids))
+    with pytest.raises(ValueError, match="inputs_embeds must be"):
+        model(inputs_embeds=torch.zeros(2, 9, tiny_config.hidden_size + 1))
+
+
+def test_bad_token_ids_name_the_id_and_vocabulary(tiny_config):
+    model = CausalLM(tiny_config)
+    ids = torch.randint(0, tiny_config.vocab_size, (1, 5))
+    with pytest.raises(TypeError, match="integer token ids"):
+        model(ids.float())
+    bad = ids.clone()
+    bad[0, 3] = tiny_config.vocab_size + 7
+    with pytest.raises(ValueError, match=rf"token id {tiny_config.vocab_size + 7}.*\[0, 64\)"):
+        model(bad)
+    with pytest.raises(ValueError, match="token id -1"):
+        model(ids * 0 - 1)

@@ -25,6 +25,34 @@ from .outputs import BaseModelOutput
 __all__ = ["Encoder"]
 
 
+def _word_embeddings(
+    table: nn.Embedding, input_ids: Tensor | None, inputs_embeds: Tensor | None, hidden: int
+) -> Tensor:
+    """``table(input_ids)`` or the given ``inputs_embeds`` (exactly one of the two)."""
+    if (input_ids is None) == (inputs_embeds is None):
+        raise ValueError("give exactly one of input_ids and inputs_embeds")
+    if inputs_embeds is not None:
+        if inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden:
+            raise ValueError(
+                f"inputs_embeds must be (batch, seq, {hidden}), got {tuple(inputs_embeds.shape)}"
+            )
+        return inputs_embeds
+    if not isinstance(input_ids, Tensor):
+        raise TypeError(f"input_ids must be a tensor of token ids, got {type(input_ids).__name__}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
+    if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+        raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.numel() and not torch.compiler.is_compiling():
+        lo, hi = input_ids.aminmax()
+        if int(lo) < 0 or int(hi) >= table.num_embeddings:
+            bad = int(lo) if int(lo) < 0 else int(hi)
+            raise ValueError(
+                f"input_ids holds token id {bad}, outside the vocabulary [0, {table.num_embeddings})"
+            )
+    return table(input_ids)
+
+
 class Encoder(nn.Module):
     """A BERT-style encoder.
 
@@ -35,7 +63,7 @@ class Encoder(nn.Module):
         pad_token_id: Padding id of the word embedding.
 
     ``forward(input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-    output_hidden_states=False, output_attentions=False)`` returns a
+    output_hidden_states=False, output_attentions=False, inputs_embeds=None)`` returns a
     :class:`~formerlab.models.BaseModelOutput`; ``attention_mask`` is HF's ``(B, n)`` 1/0 mask.
     """
 
@@ -61,14 +89,18 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(DecoderBlock(c, i, causal=False) for i in range(c.num_layers))
         normal_init_(self, c.initializer_range)
 
-    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
-              position_ids: Tensor | None = None) -> Tensor:
-        """Summed, normalised embeddings ``(B, n, hidden)`` (before dropout)."""
-        n = input_ids.shape[1]
-        x = self.embed_tokens(input_ids)
+    def embed(self, input_ids: Tensor | None = None, token_type_ids: Tensor | None = None,
+              position_ids: Tensor | None = None, inputs_embeds: Tensor | None = None) -> Tensor:
+        """Summed, normalised embeddings ``(B, n, hidden)`` (before dropout).
+
+        ``inputs_embeds`` ``(B, n, hidden)`` replaces the word embeddings of ``input_ids`` (as in
+        Hugging Face's ``BertEmbeddings``); position and token-type embeddings are still added.
+        """
+        x = _word_embeddings(self.embed_tokens, input_ids, inputs_embeds, self.config.hidden_size)
+        b, n = x.shape[:2]
         if self.embed_positions is not None:
             if position_ids is None:
-                position_ids = torch.arange(n, device=input_ids.device)
+                position_ids = torch.arange(n, device=x.device)
             if int(position_ids.max()) >= self.config.max_position_embeddings:
                 raise ValueError(
                     f"positions up to {int(position_ids.max())} exceed the table of "
@@ -77,22 +109,22 @@ class Encoder(nn.Module):
             x = x + self.embed_positions(position_ids)
         if self.embed_token_types is not None:
             if token_type_ids is None:
-                token_type_ids = torch.zeros_like(input_ids)
+                token_type_ids = torch.zeros(b, n, dtype=torch.long, device=x.device)
             x = x + self.embed_token_types(token_type_ids)
         return self.embed_norm(x)
 
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         position_ids: Tensor | None = None,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        inputs_embeds: Tensor | None = None,
     ) -> BaseModelOutput:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        b, n = input_ids.shape
+        x = self.embed(input_ids, token_type_ids, position_ids, inputs_embeds)
+        b, n = x.shape[:2]
         key_padding = None
         if attention_mask is not None:
             if attention_mask.shape != (b, n):
@@ -102,8 +134,8 @@ class Encoder(nn.Module):
             key_padding = attention_mask.bool()
             if bool(key_padding.all()):
                 key_padding = None
-        x = self.dropout(self.embed(input_ids, token_type_ids, position_ids))
-        positions = torch.arange(n, device=input_ids.device)
+        x = self.dropout(x)
+        positions = torch.arange(n, device=x.device)
         hidden = [x] if output_hidden_states else []
         attns = []
         for layer in self.layers:

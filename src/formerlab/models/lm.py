@@ -23,6 +23,7 @@ from ..nn.norms import build_norm
 from ..position.absolute import LearnedPositionEmbedding, SinusoidalPositionEmbedding
 from ..position.rope import RotaryEmbedding
 from .blocks import DecoderBlock
+from .encoder import _word_embeddings
 from .outputs import CausalLMOutput
 
 __all__ = ["CausalLM", "CheckpointError"]
@@ -44,7 +45,7 @@ class CausalLM(nn.Module):
 
     ``forward(input_ids, attention_mask=None, position_ids=None, labels=None,
     past_key_values=None, use_cache=False, output_hidden_states=False,
-    output_attentions=False)`` returns a :class:`~formerlab.models.CausalLMOutput`. ``labels``
+    output_attentions=False, inputs_embeds=None)`` returns a :class:`~formerlab.models.CausalLMOutput`. ``labels``
     are shifted inside (as in Hugging Face); ``-100`` is ignored. ``attention_mask`` is either
     Hugging Face's ``(B, past + n)`` padding mask (1 keep, 0 pad) or an explicit boolean
     ``(B|1, H|1, n, past + n)`` mask (``True`` = may attend), e.g. a UniLM/prefix mask.
@@ -211,7 +212,7 @@ class CausalLM(nn.Module):
     # -- forward -----------------------------------------------------------------------------
     def forward(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
         position_ids: Tensor | None = None,
         labels: Tensor | None = None,
@@ -219,17 +220,17 @@ class CausalLM(nn.Module):
         use_cache: bool = False,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
+        inputs_embeds: Tensor | None = None,
     ) -> CausalLMOutput:
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be (batch, seq), got shape {tuple(input_ids.shape)}")
-        b, n = input_ids.shape
+        x = _word_embeddings(self.embed_tokens, input_ids, inputs_embeds, self.config.hidden_size)
+        b, n = x.shape[:2]
         past_len = past_key_values[0].length if past_key_values else 0
         if past_key_values is not None and len(past_key_values) != len(self.layers):
             raise ValueError(
                 f"past_key_values has {len(past_key_values)} layers, model has {len(self.layers)}"
             )
         if position_ids is None:
-            position_ids = torch.arange(past_len, past_len + n, device=input_ids.device)
+            position_ids = torch.arange(past_len, past_len + n, device=x.device)
         key_padding = explicit_mask = None
         if attention_mask is not None and attention_mask.dim() == 4:
             explicit_mask = attention_mask  # custom (B|1, H|1, n, past + n) bool mask
@@ -242,7 +243,6 @@ class CausalLM(nn.Module):
             key_padding = attention_mask.bool()
             if bool(key_padding.all()):
                 key_padding = None
-        x = self.embed_tokens(input_ids)
         if self.pos_embed is not None:
             x = x + self.pos_embed(position_ids).to(x.dtype)
         x = self.dropout(x)

@@ -33,8 +33,15 @@ def test_unknown_key_lists_allowed():
     [
         ({"hidden_size": 30, "num_heads": 4}, "divisible by num_heads"),
         ({"num_kv_heads": 3}, "divisible by num_kv_heads"),
-        ({"norm": "batchnorm"}, "norm must be one of"),
-        ({"position": "xpos"}, "position must be one of"),
+        ({"norm": "batchnorm"}, "unknown norm 'batchnorm'"),
+        ({"position": "xpos"}, "unknown position kind 'xpos'"),
+        ({"normalization": "bogus"}, "unknown attention normalization 'bogus'"),
+        ({"mixer": "rnn"}, "unknown token mixer 'rnn'; valid token mixer names: mha"),
+        ({"normalization": "softmax_plus", "normalization_options": {"base_length": 64}},
+         r"unknown option\(s\) \['base_length'\].*allowed: \['base_len', 'min_len'\]"),
+        ({"rope_scaling": {"rope_type": "default", "factor": 4.0}}, "ignores an extension factor"),
+        ({"logn": "dagger"}, "logn_train_len"),
+        ({"logn": "pretrain", "normalization": "softmax_plus"}, "same log-n factor twice"),
         ({"partial_rotary_factor": 0.0}, "partial_rotary_factor"),
         ({"dropout": 1.5}, "dropout"),
         ({"window": 0}, "window"),
@@ -82,3 +89,39 @@ def test_coerce():
     assert ModelConfig.coerce({"hidden_size": 64, "num_heads": 2}) == mc
     with pytest.raises(TypeError, match="config must be a ModelConfig or dict, got str"):
         ModelConfig.coerce("64")
+
+
+def test_normaliser_options_reach_the_layers():
+    from formerlab.models import CausalLM
+
+    cfg = ModelConfig(hidden_size=32, num_heads=4, num_layers=1, normalization="softmax_plus",
+                      normalization_options={"base_len": 64, "min_len": 8})
+    attn = CausalLM(cfg).layers[0].mixer
+    assert attn.normalization == "softmax_plus"
+    assert attn.normalization_options == {"base_len": 64, "min_len": 8}
+
+
+def test_flat_hugging_face_and_first_release_keys_reach_the_sub_configs():
+    hf = ModelConfig.from_dict({
+        "num_attention_heads": 8, "num_key_value_heads": 2, "hidden_size": 64,
+        "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 5e5,
+                            "original_max_position_embeddings": 512},
+        "attention_bias": True, "attention_dropout": 0.1, "sliding_window": 32,
+    })
+    assert (hf.num_heads, hf.num_kv_heads) == (8, 2)
+    assert hf.position.rope_theta == 5e5 and hf.position.window == 32
+    assert hf.position.rope_scaling == {"rope_type": "yarn", "factor": 4.0,
+                                        "original_max_position_embeddings": 512}
+    assert hf.attention.bias and hf.attention.dropout == 0.1
+    # the first release's flat dict: logn_base_length meant the training length for log n†
+    old = ModelConfig.from_dict({"position": "rope", "rope_theta": 500.0, "logn": "dagger",
+                                 "logn_base_length": 128, "window": 16, "qk_bias": True})
+    assert old.position.logn_train_len == 128 and old.position.logn_base_len == 512
+    assert old.position.window == 16 and old.attention.qk_bias
+    pre = ModelConfig.from_dict({"logn": "pretrain", "logn_base_length": 128})
+    assert pre.position.logn_base_len == 128 and pre.position.logn_train_len is None
+    # constructor and replace take the flat keys too; sub-config dicts update only their keys
+    assert ModelConfig(window=8).position.window == 8
+    c = ModelConfig().replace(rope_theta=100.0).replace(position={"window": 4})
+    assert (c.position.rope_theta, c.position.window) == (100.0, 4)
+    assert ModelConfig.from_dict(c.to_dict()) == c

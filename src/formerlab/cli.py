@@ -35,10 +35,11 @@ def _apply_sets(model: dict[str, Any], train: dict[str, Any], sets: list[str]) -
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import ModelConfig, TrainConfig
+    from .config import TrainConfig
     from .data.batching import window_batch
     from .data.corpora import load_corpus
     from .lab.experiments.extrapolation import preset_config
+    from .models.config import ModelConfig
     from .models.lm import CausalLM
     from .train.distributed import init_distributed, resolve_device, shutdown_distributed
     from .train.trainer import Trainer

@@ -5,8 +5,9 @@ Every config is a dataclass deriving from :class:`Config`: ``from_dict`` rejects
 ``save``/``load`` write the JSON that sits beside every checkpoint. Validation raises
 ``ValueError`` with the expected and the given value (never ``assert``).
 
-Rope settings use Hugging Face's vocabulary (``rope_type``, ``rope_theta``, ``factor``,
-``original_max_position_embeddings``, ``beta_fast`` ...), so existing HF dicts work as-is.
+The model's config, :class:`formerlab.ModelConfig`, lives in :mod:`formerlab.models.config`
+(with its ``position`` and ``attention`` sub-configs); this module holds the base class, the
+training config and the config hash used by the lab's cache.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["Config", "ModelConfig", "TrainConfig", "config_hash"]
+__all__ = ["Config", "TrainConfig", "config_hash"]
 
 C = TypeVar("C", bound="Config")
 
@@ -131,161 +132,6 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> Non
     if value is None or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {bound}, got {value!r}")
-
-
-POSITION_KINDS = ("rope", "sinusoidal", "learned", "nope", "alibi")
-
-
-@dataclasses.dataclass
-class ModelConfig(Config):
-    """Decoder-only language model (and encoder) hyper-parameters.
-
-    Args:
-        vocab_size: Number of token ids (256 for the byte-level default corpus).
-        hidden_size: Model width ``d_model``.
-        num_layers: Number of Transformer blocks.
-        num_heads: Query heads per attention layer.
-        num_kv_heads: Key/value heads (GQA); ``None`` means ``num_heads``.
-        head_dim: Per-head width; ``None`` means ``hidden_size // num_heads``.
-        intermediate_size: FFN inner width; ``None`` means ``4·hidden`` (GELU) or ``8/3·hidden``
-            rounded to a multiple of 8 (SwiGLU).
-        ffn: ``"swiglu"`` or ``"gelu"``.
-        norm: ``"rmsnorm"`` (parameter-free when ``norm_affine=False``) or ``"layernorm"``.
-        norm_position: ``"pre"`` or ``"post"``.
-        position: ``"rope"``, ``"sinusoidal"``, ``"learned"``, ``"nope"`` or ``"alibi"``.
-        rope_theta: RoPE base ``b``.
-        rope_layout: ``"half"`` (HF/NeoX) or ``"interleaved"`` (RoFormer/GPT-J).
-        rope_scaling: HF-style dict (``{"rope_type": "linear", "factor": 4}``) applied at build time.
-        partial_rotary_factor: Fraction of each head's channels that is rotated.
-        max_position_embeddings: Table size of learned positions; the training length otherwise.
-        qk_bias: Bias on the q/k projections (RoPE + Bias, kexue.fm/archives/9577).
-        attention_bias: Bias on all attention projections (BERT style); implies ``qk_bias``.
-        mlp_bias: Bias on FFN projections.
-        normalization: Attention normaliser name (``softmax``, ``softmax_plus`` ...).
-        logn: ``None``, ``"pretrain"`` (entropy-invariant per-row scale) or ``"dagger"``
-            (inference-time query scale); see :mod:`formerlab.position.logn`.
-        logn_base_length: Base length of the log-n factor (512 in the posts).
-        logn_min_len: Optional floor of the visible-key count for ``"pretrain"``.
-        window: Sliding-window size for every layer (``None`` = full attention).
-        layer_specs: Per-layer attention specs (HWFA/HWFA2, kexue.fm/archives/9603, 9731):
-            dicts of :class:`formerlab.position.LayerSpec` (``window``, ``pos``, ``logn``,
-            ``rerope_window``), one per layer; overrides ``window`` and ``logn`` per layer.
-        relpos: Relative-position map used in training, e.g. InvLeaky ReRoPE
-            ``{"name": "leaky", "window": 32, "factor": 0.0625}`` (kexue.fm/archives/9728).
-        tie_word_embeddings: Share the input embedding with the output head.
-        dropout: Residual/embedding dropout probability.
-        attention_dropout: Dropout on attention weights.
-        initializer_range: Std of the normal init of weights.
-    """
-
-    vocab_size: int = 256
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
-    intermediate_size: int | None = None
-    ffn: str = "swiglu"
-    norm: str = "rmsnorm"
-    norm_affine: bool = True
-    norm_position: str = "pre"
-    norm_eps: float = 1e-6
-    position: str = "rope"
-    rope_theta: float = 10000.0
-    rope_layout: str = "half"
-    rope_scaling: dict[str, Any] | None = None
-    partial_rotary_factor: float = 1.0
-    max_position_embeddings: int = 2048
-    qk_bias: bool = False
-    attention_bias: bool = False
-    mlp_bias: bool = False
-    normalization: str = "softmax"
-    logn: str | None = None
-    logn_base_length: int = 512
-    logn_min_len: int | None = None
-    window: int | None = None
-    layer_specs: list[dict[str, Any]] | None = None
-    relpos: dict[str, Any] | None = None
-    tie_word_embeddings: bool = True
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
-    initializer_range: float = 0.02
-
-    def validate(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.head_dim is None and self.hidden_size % self.num_heads:
-            raise ValueError(
-                f"hidden_size ({self.hidden_size}) must be divisible by num_heads "
-                f"({self.num_heads}) unless head_dim is given"
-            )
-        kv = self.kv_heads
-        if self.num_heads % kv:
-            raise ValueError(
-                f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({kv})"
-            )
-        _check_choice("ffn", self.ffn, ("swiglu", "gelu", "relu"))
-        _check_choice("norm", self.norm, ("rmsnorm", "layernorm"))
-        _check_choice("norm_position", self.norm_position, ("pre", "post"))
-        _check_choice("position", self.position, POSITION_KINDS)
-        _check_choice("rope_layout", self.rope_layout, ("half", "interleaved"))
-        _check_choice("logn", self.logn, (None, "pretrain", "dagger"))
-        if self.position == "rope" and self.rotary_dim % 2:
-            raise ValueError(
-                f"rotary dimension must be even, got head_dim={self.dim_per_head} × "
-                f"partial_rotary_factor={self.partial_rotary_factor} = {self.rotary_dim}"
-            )
-        if not 0.0 < self.partial_rotary_factor <= 1.0:
-            raise ValueError(
-                f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}"
-            )
-        _check_positive("rope_theta", self.rope_theta)
-        _check_positive("norm_eps", self.norm_eps)
-        _check_positive("max_position_embeddings", self.max_position_embeddings)
-        for name in ("dropout", "attention_dropout"):
-            p = getattr(self, name)
-            if not 0.0 <= p < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {p}")
-        if self.window is not None and self.window <= 0:
-            raise ValueError(f"window must be a positive int or None, got {self.window}")
-        if self.layer_specs is not None:
-            from .position.layers import LayerSpec
-
-            if len(self.layer_specs) != self.num_layers:
-                raise ValueError(
-                    f"layer_specs has {len(self.layer_specs)} entries, num_layers is "
-                    f"{self.num_layers}"
-                )
-            for spec in self.layer_specs:
-                LayerSpec.from_dict(spec)
-        if self.relpos is not None:
-            from .position.relative import make_relpos
-
-            if self.position != "rope":
-                raise ValueError(f"relpos needs position='rope', got {self.position!r}")
-            make_relpos(**self.relpos)
-
-    @property
-    def kv_heads(self) -> int:
-        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
-
-    @property
-    def dim_per_head(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_heads
-
-    @property
-    def rotary_dim(self) -> int:
-        return int(self.dim_per_head * self.partial_rotary_factor)
-
-    @property
-    def ffn_size(self) -> int:
-        if self.intermediate_size is not None:
-            return self.intermediate_size
-        if self.ffn == "swiglu":
-            return 8 * ((8 * self.hidden_size // 3 + 7) // 8)
-        return 4 * self.hidden_size
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""GAU / GAU-α (spec attention.md §4.5)."""
+"""GAU / GAU-α: the unit against einsum and naive-RoPE references, the GAU-α preset."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from formerlab.attention.gau import GatedAttentionUnit, GAULayer
-from formerlab.models.gau_lm import GAUAlphaEncoder, gau_parameter_count
+from formerlab.attention.gau import GatedAttentionUnit, GAULayer, gau_parameter_count
+from formerlab.models import Encoder
 from formerlab.models.presets import gau_alpha
 from formerlab.nn.init import gau_alpha_init_, keras_fan_in
 
@@ -41,7 +41,7 @@ def test_matches_einsum_reference_without_rope():
     q, k = z * gau.q_scaleoffset.weight, z * gau.k_scaleoffset.weight
     a = torch.softmax(torch.einsum("bms,bns->bmn", q, k) / 4.0, dim=-1)
     ref = torch.einsum("bne,de->bnd", u * torch.einsum("bmn,bne->bme", a, v), w_o)
-    torch.testing.assert_close(gau(x), ref, rtol=0, atol=1e-12)
+    torch.testing.assert_close(gau(x)[0], ref, rtol=0, atol=1e-12)
 
 
 def _rotate_interleaved(x, pos, base=10000.0):
@@ -63,7 +63,7 @@ def test_gau_alpha_scores_match_naive_rope_softmax_plus_reference():
     x = _x(n=12)
     mask = torch.ones(2, 12)
     mask[1, 9:] = 0
-    _, attn = gau(x, mask, return_attn=True)
+    attn = gau(x, key_padding=mask.bool(), return_weights=True)[2][:, 0]
     h = F.silu(gau.i_dense(x))
     z = h[..., 96:]
     pos = torch.arange(12, dtype=torch.float64)
@@ -71,20 +71,20 @@ def test_gau_alpha_scores_match_naive_rope_softmax_plus_reference():
     k = _rotate_interleaved(z * gau.k_scaleoffset.weight, pos)
     scores = q @ k.transpose(-1, -2) / 4.0
     for b in range(2):
-        nv = int(mask[b].sum())
-        ref = torch.softmax(scores[b, :, :nv] * math.log(nv) / math.log(512), -1)
-        torch.testing.assert_close(attn[b, :, :nv], ref, rtol=0, atol=1e-8)  # float32 RoPE tables
-        assert bool((attn[b, :, nv:] == 0).all())  # padded keys get exactly zero
+        nv = int(mask[b].sum())  # rows of real tokens: padded query rows are never read
+        ref = torch.softmax(scores[b, :nv, :nv] * math.log(nv) / math.log(512), -1)
+        torch.testing.assert_close(attn[b, :nv, :nv], ref, rtol=0, atol=1e-8)  # float32 tables
+        assert bool((attn[b, :nv, nv:] == 0).all())  # padded keys get exactly zero
 
 
 def test_causal_gau_and_explicit_mask():
     gau = GatedAttentionUnit(32, 48, 16, causal=True, attention_dropout=0.0).double()
     x = _x()
-    y = gau(x)
+    y = gau(x)[0]
     x2 = x.clone()
     x2[:, 6:] += 1.0
-    torch.testing.assert_close(gau(x2)[:, :6], y[:, :6])
-    _, a = gau(x, return_attn=True)
+    torch.testing.assert_close(gau(x2)[0][:, :6], y[:, :6])
+    a = gau(x, return_weights=True)[2]
     assert bool((a.triu(1) == 0).all())
     with pytest.raises(ValueError, match="one head"):
         gau(x, mask=torch.ones(1, 2, 10, 10, dtype=torch.bool))
@@ -94,7 +94,7 @@ def test_flash_flavour_uses_relu2_over_n():
     f = GatedAttentionUnit.flash(32, key_size=16)
     assert f.normalization == "relu2_n" and f.expansion == 64
     assert f.i_dense.bias is not None and f.q_scaleoffset.bias is not None
-    _, a = f(_x().float(), return_attn=True)
+    a = f(_x().float(), return_weights=True)[2]
     assert bool((a >= 0).all())
 
 
@@ -107,7 +107,7 @@ def test_bad_shapes():
     with pytest.raises(ValueError, match=r"\(batch, seq, 32\)"):
         gau(torch.randn(2, 5, 31))
     with pytest.raises(ValueError, match="attention_mask"):
-        gau(torch.randn(2, 5, 32), torch.ones(2, 6))
+        gau(torch.randn(2, 5, 32), key_padding=torch.ones(2, 6, dtype=torch.bool))
 
 
 def test_init_std_formula_and_fan_in_rule():
@@ -126,9 +126,12 @@ def test_init_std_formula_and_fan_in_rule():
 
 def test_gau_alpha_preset_shapes_and_layer():
     c = gau_alpha()
-    assert (c.num_layers, c.hidden_size, c.expansion, c.key_size, c.vocab_size) == \
+    o = c.mixer_options
+    assert (c.num_layers, c.hidden_size, o["expansion"], o["key_size"], c.vocab_size) == \
         (24, 768, 1536, 128, 12000)
-    assert c.normalization == "softmax_plus" and not c.use_bias and c.norm_position == "post"
+    assert c.mixer == "gau" and c.ffn == "none" and c.position.rope_layout == "interleaved"
+    assert c.attention.normalization == "softmax_plus" and not o.get("use_bias") \
+        and c.norm_position == "post"
     layer = GAULayer(32, expansion=48, key_size=16, dropout=0.0, attention_dropout=0.0).double()
     y = layer(_x())
     # post-norm with the parameter-free RMS norm: unit root-mean-square rows
@@ -140,7 +143,7 @@ def test_tiny_gau_alpha_mlm_learns_without_warmup():
     torch.manual_seed(0)
     cfg = gau_alpha(vocab_size=64, hidden_size=64, num_layers=2, expansion=128, key_size=32,
                     dropout=0.0, attention_dropout=0.0)
-    model = GAUAlphaEncoder(cfg)
+    model = Encoder(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)  # constant LR: no warmup
     g = torch.Generator().manual_seed(0)
     losses = []
@@ -166,9 +169,9 @@ def test_sdpa_fast_path_equals_explicit_path(normalization, causal):
     x = _x(n=12)
     pad = torch.ones(2, 12)
     pad[0, 8:] = 0
-    for am in (None, pad):
-        fast = gau(x, am)
-        _, attn = gau(x, am, return_attn=True)  # explicit path: materialised A
+    for am in (None, pad.bool()):
+        fast = gau(x, key_padding=am)[0]
+        attn = gau(x, key_padding=am, return_weights=True)[2][:, 0]  # explicit path: A
         h = F.silu(gau.i_dense(x))
         slow = gau.o_dense(h[..., :48] * (attn @ h[..., 48:96]))
         torch.testing.assert_close(fast, slow, rtol=0, atol=1e-12)

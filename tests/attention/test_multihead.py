@@ -23,7 +23,7 @@ def test_cache_parity(num_kv):
     out1, cache, _ = attn(x[:, :5], pos[:5], use_cache=True)
     outs = [out1]
     for t in range(5, 9):
-        o, cache, _ = attn(x[:, t : t + 1], pos[t : t + 1], past=cache, use_cache=True)
+        o, cache, _ = attn(x[:, t : t + 1], pos[t : t + 1], state=cache, use_cache=True)
         outs.append(o)
     torch.testing.assert_close(torch.cat(outs, 1), full, rtol=1e-12, atol=1e-12)
 
@@ -76,8 +76,34 @@ def test_cache_mismatch_after_method_change_is_an_error():
         is_identity = False
 
     attn.relpos = Identity()
-    with pytest.raises(ValueError, match="different position method"):
-        attn(x[:, :1], torch.tensor([4]), past=cache)
+    with pytest.raises(ValueError, match="position method"):
+        attn(x[:, :1], torch.tensor([4]), state=cache)
+
+
+def test_switching_static_schedules_with_a_live_cache_is_an_error():
+    """Keys rotated under PI and read under NTK would mix frequencies silently."""
+    attn = make(4)
+    attn.rotary.set_schedule("linear", factor=2.0)
+    x = torch.randn(1, 4, 32, dtype=torch.float64)
+    _, cache, _ = attn(x, torch.arange(4), use_cache=True)
+    attn.rotary.set_schedule("ntk_old", factor=2.0)
+    with pytest.raises(ValueError, match="rotated with schedule"):
+        attn(x[:, :1], torch.tensor([4]), state=cache)
+    attn.rotary.set_schedule("linear", factor=2.0)  # back to the cache's schedule: fine
+    attn(x[:, :1], torch.tensor([4]), state=cache)
+
+
+def test_kv_cache_grows_by_doubling_not_by_copying_every_step():
+    attn = make(4)
+    x = torch.randn(1, 40, 32, dtype=torch.float64)
+    _, cache, _ = attn(x[:, :1], torch.arange(1), use_cache=True)
+    reallocations, ptr = 0, cache.keys.data_ptr()
+    for t in range(1, 40):
+        _, cache, _ = attn(x[:, t:t + 1], torch.arange(t, t + 1), state=cache, use_cache=True)
+        if cache.keys.data_ptr() != ptr:
+            reallocations, ptr = reallocations + 1, cache.keys.data_ptr()
+    assert cache.length == 40
+    assert reallocations <= 2  # 16 -> 32 -> 64 slots, not one copy per token
 
 
 def test_bad_heads():

@@ -22,15 +22,15 @@ def _make(kind, **kw):
 
 def test_random_attention_is_input_independent():
     m = _make("random")
-    _, w1 = m(_x(0), return_weights=True)
-    _, w2 = m(_x(1), return_weights=True)
+    w1 = m(_x(0), return_weights=True)[2]
+    w2 = m(_x(1), return_weights=True)[2]
     assert torch.equal(w1, w2)
 
 
 def test_fixed_random_gets_no_gradient_trainable_does():
     fixed, train = _make("random", fixed=True), _make("random")
     for m in (fixed, train):
-        m(_x()).sum().backward()
+        m(_x())[0].sum().backward()
     assert fixed.random.grad is None and not fixed.random.requires_grad
     assert train.random.grad is not None and float(train.random.grad.abs().sum()) > 0
 
@@ -72,10 +72,10 @@ def test_factorized_dense_expansion_structure():
 def test_causal_masking_blocks_the_future(kind):
     m = _make(kind, causal=True)
     x = _x()
-    y = m(x)
+    y = m(x)[0]
     x2 = x.clone()
     x2[:, 7:] = torch.randn_like(x2[:, 7:])
-    torch.testing.assert_close(m(x2)[:, :7], y[:, :7])
+    torch.testing.assert_close(m(x2)[0][:, :7], y[:, :7])
 
 
 def test_one_hot_mixture_on_vanilla_equals_sdpa():
@@ -86,17 +86,17 @@ def test_one_hot_mixture_on_vanilla_equals_sdpa():
     k = m._split(m.k_proj(x))
     v = m._split(m.v_proj(x))
     ref = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(2, N, D)
-    torch.testing.assert_close(m(x), m.o_proj(ref))
+    torch.testing.assert_close(m(x)[0], m.o_proj(ref))
     mix = _make(["dense", "random", "vanilla"])  # uniform α: differs from vanilla
     mix.load_state_dict(m.state_dict(), strict=False)
     with torch.no_grad():
         mix.mixture_logits.zero_()
-    assert float((mix(x) - m(x)).abs().max().detach()) > 1e-3
+    assert float((mix(x)[0] - m(x)[0]).abs().max().detach()) > 1e-3
 
 
 def test_shorter_inputs_use_top_left_slice():
     m = _make("random")
-    _, w = m(_x(n=5), return_weights=True)
+    w = m(_x(n=5), return_weights=True)[2]
     torch.testing.assert_close(w[0], torch.softmax(m.random[:, :5, :5], -1))
 
 
@@ -132,7 +132,7 @@ def test_random_synthesizer_learns_a_fixed_permutation():
     opt = torch.optim.Adam(m.parameters(), lr=5e-2)
     for _ in range(80):
         x = torch.randn(8, n, d)
-        loss = F.mse_loss(m(x), x[:, perm])
+        loss = F.mse_loss(m(x)[0], x[:, perm])
         opt.zero_grad()
         loss.backward()
         opt.step()

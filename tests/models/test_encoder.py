@@ -70,9 +70,10 @@ def test_bert_preset_builds_and_validates():
     enc = Encoder(bert("tiny", vocab_size=50))
     out = enc(torch.randint(0, 50, (2, 9)), output_attentions=True)
     assert out.last_hidden_state.shape == (2, 9, 64) and len(out.attentions) == 2
-    with pytest.raises(ValueError, match="learned"):
-        Encoder(bert("tiny", position="rope"))
-    with pytest.raises(ValueError, match="exceed"):
+    roformer = Encoder(bert("tiny", vocab_size=50, position="rope"))  # RoPE encoders work too
+    assert roformer.embed_positions is None and roformer.rotary is not None
+    assert roformer(torch.randint(0, 50, (2, 9))).last_hidden_state.shape == (2, 9, 64)
+    with pytest.raises(ValueError, match="cover positions < 512"):
         enc(torch.zeros(1, 600, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
         enc(torch.zeros(2, 5, dtype=torch.long), attention_mask=torch.ones(2, 6))

@@ -14,7 +14,7 @@ def ids(n=24, vocab=64, seed=0):
 def test_hwfa_layers_are_wired(tiny_config):
     specs = [s.to_dict() for s in hwfa_specs(4, 32, window=4)]
     m = CausalLM(tiny_config.replace(num_layers=4, layer_specs=specs))
-    attn = [layer.self_attn for layer in m.layers]
+    attn = [layer.mixer for layer in m.layers]
     assert [a.window for a in attn] == [4, 4, 4, None]
     assert all(a.rotary is m.rotary for a in attn[:3]) and attn[3].rotary is None
     assert attn[3].query_scale.mode == "pretrain" and attn[0].query_scale is None
@@ -55,10 +55,34 @@ def test_hwfa2_rerope_only_on_full_layers(tiny_config):
     specs = [s.to_dict() for s in hwfa2_specs(4, window=4, num_full=1, rerope_window=8)]
     m = CausalLM(tiny_config.replace(num_layers=4, layer_specs=specs))
     m.set_position_method(relpos={"name": "rerope", "window": 8}, relpos_layers="full")
-    full = [layer.self_attn.window is None for layer in m.layers]
-    assert [layer.self_attn.relpos is not None for layer in m.layers] == full
+    full = [layer.mixer.window is None for layer in m.layers]
+    assert [layer.mixer.relpos is not None for layer in m.layers] == full
     with pytest.raises(ValueError, match="relpos_layers"):
         m.set_position_method(relpos_layers="some")
+
+
+def test_hwfa2_switches_its_full_layers_to_rerope_at_inference(tiny_config):
+    """``pos="rope_train_rerope_infer"`` alone (no set_position_method call) must take effect:
+    RoPE while training, ReRoPE with the spec's window in eval mode."""
+    torch.manual_seed(0)
+    specs = [s.to_dict() for s in hwfa2_specs(4, window=4, num_full=1, rerope_window=6)]
+    m = CausalLM(tiny_config.replace(num_layers=4, layer_specs=specs)).double()
+    x = ids(n=20)
+    m.eval()
+    switched = m(x).logits
+    m.set_position_method(relpos={"name": "rerope", "window": 6}, relpos_layers="full")
+    explicit = m(x).logits
+    torch.testing.assert_close(switched, explicit, rtol=1e-9, atol=1e-9)
+    m.reset_position_method()
+    m.train()  # dropout is 0: train mode differs only by the position treatment
+    trained_view = m(x).logits
+    m.set_position_method("default", relpos=None)
+    for layer in m.layers:  # plain RoPE everywhere
+        layer.mixer.position.eval_relpos = None
+    m.eval()
+    torch.testing.assert_close(trained_view, m(x).logits, rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(switched[:, 8:], trained_view[:, 8:])
+    torch.testing.assert_close(switched[:, :6], trained_view[:, :6], rtol=1e-9, atol=1e-9)
 
 
 def test_invleaky_training_relpos(tiny_config):
@@ -70,7 +94,7 @@ def test_invleaky_training_relpos(tiny_config):
     x = ids(n=12)
     out = m(x, labels=x)
     out.loss.backward()
-    assert m.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
+    assert m.layers[0].mixer.q_proj.weight.grad.abs().sum() > 0
     m.eval()
     full = m(x).logits
     first = m(x[:, :5], use_cache=True)
@@ -88,5 +112,5 @@ def test_bad_layer_specs(tiny_config):
         tiny_config.replace(layer_specs=[{"window": 4}])
     with pytest.raises(ValueError, match="unknown LayerSpec key"):
         tiny_config.replace(layer_specs=[{"windw": 4}, {}])
-    with pytest.raises(ValueError, match="relpos needs position='rope'"):
+    with pytest.raises(ValueError, match="need kind='rope'"):
         tiny_config.replace(position="nope", relpos={"name": "rerope", "window": 4})

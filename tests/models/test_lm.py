@@ -98,7 +98,7 @@ def test_set_position_method_changes_only_beyond_train(tiny_config):
     m.reset_position_method()
     torch.testing.assert_close(m(x).logits, base)
     nope = CausalLM(tiny_config.replace(position="nope"))
-    with pytest.raises(ValueError, match="need position='rope'"):
+    with pytest.raises(ValueError, match="need rotary layers"):
         nope.set_position_method("linear", rope_params={"factor": 2})
 
 

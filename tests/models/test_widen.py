@@ -8,7 +8,7 @@ import torch
 from formerlab.models import CausalLM
 from formerlab.models.encoder import Encoder
 from formerlab.models.presets import bert, llama
-from formerlab.models.widen import repeat_axis, widen_causal_lm, widen_encoder, widen_transformer
+from formerlab.models.widen import repeat_axis, widen_transformer
 
 
 @pytest.fixture(autouse=True)
@@ -53,7 +53,7 @@ def _max_err(a, b, k, mode="repeat"):
 def test_gpt_every_hidden_state_and_logits(k, tied, ffn):
     m = _gpt(tie_word_embeddings=tied, ffn=ffn, mlp_bias=ffn != "swiglu", attention_bias=True,
              norm="layernorm" if ffn == "gelu" else "rmsnorm")
-    w = widen_causal_lm(m, k).eval()
+    w = widen_transformer(m, k).eval()
     assert w.config.hidden_size == k * m.config.hidden_size
     a, b = m(IDS, output_hidden_states=True), w(IDS, output_hidden_states=True)
     for h, hw in zip(a.hidden_states, b.hidden_states):
@@ -64,7 +64,7 @@ def test_gpt_every_hidden_state_and_logits(k, tied, ffn):
 @pytest.mark.parametrize("k", [2, 3])
 def test_bert_post_ln_exact(k):
     e = _bert()
-    w = widen_encoder(e, k)
+    w = widen_transformer(e, k)
     a, b = e(IDS, output_hidden_states=True), w(IDS, output_hidden_states=True)
     for h, hw in zip(a.hidden_states, b.hidden_states):
         assert _max_err(h, hw, k) < 1e-12
@@ -80,31 +80,31 @@ def test_inner_products_preserved():
 def test_tiling_breaks_with_more_than_one_head():
     e = _bert()
     a = e(IDS).last_hidden_state
-    b = widen_encoder(e, 2, mode="tile")(IDS).last_hidden_state
+    b = widen_transformer(e, 2, mode="tile")(IDS).last_hidden_state
     assert _max_err(a, b, 2, "tile") > 1e-4
     one = _bert(num_heads=1)
     a1 = one(IDS).last_hidden_state
-    b1 = widen_encoder(one, 2, mode="tile")(IDS).last_hidden_state
+    b1 = widen_transformer(one, 2, mode="tile")(IDS).last_hidden_state
     assert _max_err(a1, b1, 2, "tile") < 1e-12  # one head: tiling is fine
 
 
 def test_generic_rule_breaks_gelu_but_not_relu():
     g = _bert()
     assert _max_err(g(IDS).last_hidden_state,
-                    widen_encoder(g, 2, ffn_rule="generic")(IDS).last_hidden_state, 2) > 1e-4
+                    widen_transformer(g, 2, ffn_rule="generic")(IDS).last_hidden_state, 2) > 1e-4
     r = _bert(ffn="relu")
     assert _max_err(r(IDS).last_hidden_state,
-                    widen_encoder(r, 2, ffn_rule="generic")(IDS).last_hidden_state, 2) < 1e-12
+                    widen_transformer(r, 2, ffn_rule="generic")(IDS).last_hidden_state, 2) < 1e-12
 
 
 def test_without_corrections_errors_appear():
     """The post's ½·b₂ and unscaled ε break exactness; the size depends on the biases and ε."""
     e = _bert(norm_eps=1e-3)
     a = e(IDS).last_hidden_state
-    exact = _max_err(a, widen_encoder(e, 2)(IDS).last_hidden_state, 2)
-    no_bias = _max_err(a, widen_encoder(e, 2, bias_correction=False)(IDS).last_hidden_state, 2)
+    exact = _max_err(a, widen_transformer(e, 2)(IDS).last_hidden_state, 2)
+    no_bias = _max_err(a, widen_transformer(e, 2, bias_correction=False)(IDS).last_hidden_state, 2)
     errs = {k: _max_err(e(IDS).last_hidden_state,
-                        widen_encoder(e, k, eps_correction=False)(IDS).last_hidden_state, k)
+                        widen_transformer(e, k, eps_correction=False)(IDS).last_hidden_state, k)
             for k in (2, 3)}
     assert exact < 1e-12
     assert no_bias > 1e-3
@@ -116,7 +116,7 @@ def test_rope_is_close_and_exact_with_repeated_frequencies(layout):
     m = _gpt(position="rope", rope_layout=layout)
     for k in (2, 3):
         a = m(IDS).logits
-        approx = widen_causal_lm(m, k)(IDS).logits
+        approx = widen_transformer(m, k)(IDS).logits
         gap = float((a - approx).abs().max())
         assert 1e-6 < gap < 0.05 * float(a.abs().max())  # close, not exact
         exact = widen_transformer(m, k, exact_rope=True)(IDS).logits
@@ -127,6 +127,6 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match="CausalLM"):
         widen_transformer(torch.nn.Linear(2, 2), 2)
     with pytest.raises(ValueError, match="positive"):
-        widen_causal_lm(_gpt(), 0)
+        widen_transformer(_gpt(), 0)
     with pytest.raises(ValueError, match="sinusoidal"):
-        widen_causal_lm(CausalLM(llama("tiny", position="sinusoidal")), 2)
+        widen_transformer(CausalLM(llama("tiny", position="sinusoidal")), 2)

@@ -142,12 +142,31 @@ def test_rezero_identity_and_alpha_gradient():
     assert torch.equal(r(x), x)
     r(x).pow(2).sum().backward()
     assert float(r.alpha.grad.abs()) > 0
-    ramp = Residual(f, "alpha_ramp", alpha_step=0.25)
-    for _ in range(6):
-        ramp(x)
-    assert float(ramp.alpha) == 1.0
     with pytest.raises(ValueError, match="alpha_step"):
         Residual(f, "alpha_ramp")
+
+
+def test_alpha_ramp_advances_per_optimizer_step_not_per_forward():
+    """Under recompute and gradient accumulation a forward runs several times per step."""
+    from torch.utils.checkpoint import checkpoint
+
+    from formerlab.nn import attach_alpha_ramp
+
+    torch.manual_seed(0)
+    ramp = Residual(nn.Linear(8, 8).double(), "alpha_ramp", alpha_step=0.25).train()
+    opt = torch.optim.SGD(ramp.parameters(), lr=0.1)
+    handle = attach_alpha_ramp(ramp, opt)
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    for step in range(1, 7):
+        for _ in range(4):  # 4 micro-batches, each recomputed in backward
+            checkpoint(ramp, x, use_reentrant=False).sum().backward()
+        assert float(ramp.alpha) == min(1.0, 0.25 * (step - 1))  # the forwards changed nothing
+        opt.step()
+        opt.zero_grad()
+        assert float(ramp.alpha) == min(1.0, 0.25 * step)
+    handle.remove()
+    opt.step()
+    assert float(ramp.alpha) == 1.0
 
 
 def test_post_norm_unrolled_closed_form():

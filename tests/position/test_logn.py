@@ -17,7 +17,7 @@ from formerlab.position import (
     rope_frequencies,
     visible_key_counts,
 )
-from formerlab.position.relative import _rotate
+from formerlab.position._ops import _rotate
 
 
 def test_pretrain_factor_properties():

@@ -254,7 +254,7 @@ def test_gradients_agree_across_impls(factor):
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    relpos = relative._leaky_or_rerope(6, factor)
+    relpos = relative.make_relpos("rerope", window=6) if factor is None else relative.make_relpos("leaky", window=6, factor=factor)
     out = relpos_attention(*leaves, q_positions=pos(20), k_positions=pos(20), inv_freq=INV, relpos=relpos,
                            mask=causal(20))
     (out * torch.linspace(-1, 1, D, dtype=F64)).sum().backward()

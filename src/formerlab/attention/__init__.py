@@ -1,13 +1,19 @@
 """Token mixers: the kernel entry point, normalisers, masks, MHA/GQA, GAU, Synthesizer, linear attention."""
 
+from .cache import KVCache
+from .config import AttentionConfig
+from .core import LayerPosition, attend, build_attention_mask
 from .kernel import causal_mask, repeat_kv, scaled_dot_product
-from .multihead import KVCache, MultiHeadAttention, build_attention_mask
+from .multihead import MultiHeadAttention
 from .normalize import NORMALIZERS, attention_normalize, register_normalizer
 
 __all__ = [
     "NORMALIZERS",
+    "AttentionConfig",
     "KVCache",
+    "LayerPosition",
     "MultiHeadAttention",
+    "attend",
     "attention_normalize",
     "build_attention_mask",
     "causal_mask",
@@ -16,7 +22,7 @@ __all__ = [
     "scaled_dot_product",
 ]
 
-# --- attention family (issue 4): normalisers, masks, GAU, Synthesizer, linear attention ---
+# --- the attention family: normalisers, masks, GAU, Synthesizer, linear attention ---
 from .gau import GatedAttentionUnit, GAULayer, ScaleOffset
 from .linear import (
     FEATURE_MAPS,

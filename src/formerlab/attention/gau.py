@@ -22,7 +22,6 @@ Parameters of one unit: ``d(2e+s) + e·d + 2s`` (``use_bias`` adds the dense bia
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -30,14 +29,24 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.norms import RMSNorm
-from ..position.rope import RotaryEmbedding, apply_rope
-from .masks import build_mask
-from .normalize import NORMALIZERS, attention_normalize, softmax_plus_factor
+from ..nn.state import LayerState
+from ..position.rope import RotaryEmbedding
+from .core import LayerPosition, attend
+from .multihead import _PositionHooks
+from .normalize import NORMALIZERS
 
-__all__ = ["GAULayer", "GatedAttentionUnit", "ScaleOffset"]
+__all__ = ["GAU_ACTIVATIONS", "GAULayer", "GatedAttentionUnit", "ScaleOffset", "gau_parameter_count"]
 
-_ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "relu": F.relu, "gelu": F.gelu,
+GAU_ACTIVATIONS = {"silu": F.silu, "swish": F.silu, "relu": F.relu, "gelu": F.gelu,
                 "identity": lambda x: x}
+
+
+def gau_parameter_count(hidden_size: int, expansion: int, key_size: int,
+                        use_bias: bool = False) -> int:
+    """Parameters of one GAU: ``d(2e+s) + e·d + 2s`` (+ ``2e+s+d`` biases and ``2s`` offsets)."""
+    d, e, s = hidden_size, expansion, key_size
+    n = d * (2 * e + s) + e * d + 2 * s
+    return n + (2 * e + s + d + 2 * s if use_bias else 0)
 
 
 class ScaleOffset(nn.Module):
@@ -53,40 +62,31 @@ class ScaleOffset(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def padding_mask_to_bool(attention_mask: Tensor | None, n: int) -> Tensor | None:
-    """HF ``(B, n)`` 1/0 padding mask → bool ``(B, 1, n)`` over keys (``None`` if absent)."""
-    if attention_mask is None:
-        return None
-    if attention_mask.dim() != 2 or attention_mask.shape[-1] != n:
-        raise ValueError(
-            f"attention_mask must be (batch, {n}) with 1 = keep, 0 = pad, got "
-            f"{tuple(attention_mask.shape)}"
-        )
-    return attention_mask.bool()[:, None, :]
-
-
-class GatedAttentionUnit(nn.Module):
-    """One GAU over ``(batch, seq, hidden)`` inputs.
+class GatedAttentionUnit(_PositionHooks, nn.Module):
+    """One GAU (see the module docstring) over ``(batch, seq, hidden)``.
 
     Args:
         hidden_size: ``d``.
-        expansion: ``e`` (width of u and v).
-        key_size: ``s`` (width of the shared z, i.e. q and k).
+        expansion: ``e``, width of ``u`` and ``v`` (1536 = 2d in GAU-α).
+        key_size: ``s``, width of the shared ``z`` (128).
         activation: ``silu`` (swish), ``relu``, ``gelu`` or ``identity``.
-        use_bias: Dense biases and q/k offsets (FLASH); GAU-α has none.
-        normalization: Attention normaliser (:data:`formerlab.attention.NORMALIZERS`).
-        rope: Rotate q and k (RoPE, base ``rope_theta``).
-        rope_layout: ``"interleaved"`` (GAU-α / bert4keras) or ``"half"``.
-        attention_dropout: Dropout on ``A`` during training.
-        base_len, min_len: Options of ``softmax_plus``.
-        causal: Causal (decoder) unit.
-        normalization_options: Extra options of the normaliser (e.g. ``{"n0": 512}``).
+        use_bias: Biases on the dense layers and offsets ``β`` on q/k (FLASH); GAU-α has none.
+        normalization: An attention normaliser (``softmax_plus`` in GAU-α, ``relu2_n`` in FLASH).
+        rope: Rotate q/k with a RoPE of its own (``rope_layout``, ``rope_theta``); a model
+            replaces it through :meth:`set_position`.
+        attention_dropout: Dropout on the attention matrix.
+        base_len, min_len: ``softmax_plus`` options (kexue.fm/archives/8823).
+        causal: Causal (decoder) or bidirectional attention.
+        window: Sliding-window size (``None`` = full).
+        normalization_options: Extra normaliser options.
 
-    ``forward(x, attention_mask=None, return_attn=False, *, mask=None, positions=None)``:
-    ``attention_mask`` is HF's ``(B, n)`` padding mask; ``mask`` an explicit bool
-    ``(B|1, n, n)`` or ``(B|1, 1, n, n)`` mask (combined with causality and padding).
-    Returns the ``(B, n, d)`` output, and ``A`` ``(B, n, n)`` if ``return_attn``.
+    ``forward(x, positions=None, *, key_padding=None, mask=None, state=None, use_cache=False,
+    return_weights=False)`` follows the token-mixer protocol of
+    :class:`~formerlab.attention.MultiHeadAttention` and returns ``(out, state, weights)`` with
+    the attention matrix ``(B, 1, n, past + n)`` (one head) when asked.
     """
+
+    owner = "gau"
 
     def __init__(
         self,
@@ -103,28 +103,30 @@ class GatedAttentionUnit(nn.Module):
         min_len: int | None = None,
         *,
         causal: bool = False,
+        window: int | None = None,
         rope_theta: float = 10000.0,
         normalization_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         for name, v in (("hidden_size", hidden_size), ("expansion", expansion),
                         ("key_size", key_size)):
-            if not isinstance(v, int) or v <= 0:
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if activation not in _ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
-        NORMALIZERS.canonical(normalization)  # ValueError listing the valid names
+        if activation not in GAU_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(GAU_ACTIVATIONS)}, got {activation!r}")
+        normalization = NORMALIZERS.canonical(normalization)  # ValueError listing the valid names
         if rope and key_size % 2:
             raise ValueError(f"RoPE needs an even key_size, got {key_size}")
         if not 0.0 <= attention_dropout < 1.0:
             raise ValueError(f"attention_dropout must be in [0, 1), got {attention_dropout}")
         self.hidden_size, self.expansion, self.key_size = hidden_size, expansion, key_size
+        self.head_dim = key_size  # what a model's rotary embedding must rotate
         self.activation = activation
         self.normalization = normalization
-        self.causal = causal
+        self.causal, self.window = causal, window
         self.attention_dropout = attention_dropout
         opts = dict(normalization_options or {})
-        if NORMALIZERS.canonical(normalization) == "softmax_plus":
+        if normalization == "softmax_plus":
             opts.setdefault("base_len", base_len)
             opts.setdefault("min_len", min_len)
         self.normalization_options = opts
@@ -132,8 +134,8 @@ class GatedAttentionUnit(nn.Module):
         self.o_dense = nn.Linear(expansion, hidden_size, bias=use_bias)
         self.q_scaleoffset = ScaleOffset(key_size, offset=use_bias)
         self.k_scaleoffset = ScaleOffset(key_size, offset=use_bias)
-        self.rotary = (RotaryEmbedding(key_size, base=rope_theta, layout=rope_layout)
-                       if rope else None)
+        rotary = RotaryEmbedding(key_size, base=rope_theta, layout=rope_layout) if rope else None
+        self.set_position(LayerPosition(rotary=rotary))
 
     @classmethod
     def flash(cls, hidden_size: int, expansion: int | None = None, key_size: int = 128,
@@ -144,85 +146,39 @@ class GatedAttentionUnit(nn.Module):
         kw.setdefault("attention_dropout", 0.0)
         return cls(hidden_size, expansion or 2 * hidden_size, key_size, **kw)
 
-    def build_mask(self, n: int, attention_mask: Tensor | None, mask: Tensor | None,
-                   device: torch.device) -> Tensor | None:
-        """The combined bool ``(B|1, n, n)`` mask (causal ∧ explicit ∧ key padding) or ``None``."""
-        out = build_mask("causal", n, device=device)[0] if self.causal else None
-        if mask is not None:
-            if mask.dtype != torch.bool:
-                raise TypeError(f"mask must be a bool tensor (True = attend), got {mask.dtype}")
-            if mask.dim() == 4:
-                if mask.shape[1] != 1:
-                    raise ValueError(f"a GAU has one head; mask must be (B|1, 1, n, n), got "
-                                     f"{tuple(mask.shape)}")
-                mask = mask[:, 0]
-            if mask.dim() != 3 or mask.shape[-2:] != (n, n):
-                raise ValueError(f"mask must be (B|1, {n}, {n}), got {tuple(mask.shape)}")
-            out = mask if out is None else out & mask
-        pad = padding_mask_to_bool(attention_mask, n)
-        if pad is not None:
-            out = pad if out is None else out & pad
-        return out
-
-    def forward(self, x: Tensor, attention_mask: Tensor | None = None, return_attn: bool = False,
-                *, mask: Tensor | None = None,
-                positions: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor | None = None,
+        *,
+        key_padding: Tensor | None = None,
+        mask: Tensor | None = None,
+        state: LayerState | None = None,
+        use_cache: bool = False,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, LayerState | None, Tensor | None]:
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
-            raise ValueError(
-                f"x must be (batch, seq, {self.hidden_size}), got {tuple(x.shape)}"
-            )
+            raise ValueError(f"x must be (batch, seq, {self.hidden_size}), got {tuple(x.shape)}")
         n = x.shape[1]
-        h = _ACTIVATIONS[self.activation](self.i_dense(x))
+        if positions is None:
+            past = 0 if state is None else state.length
+            positions = torch.arange(past, past + n, device=x.device)
+        if mask is not None and mask.dim() == 3:
+            mask = mask[:, None]
+        if mask is not None and mask.dim() == 4 and mask.shape[1] != 1:
+            raise ValueError(f"a GAU has one head; mask must be (B|1, 1, n, nk), got {tuple(mask.shape)}")
+        h = GAU_ACTIVATIONS[self.activation](self.i_dense(x))
         u, v, z = torch.split(h, [self.expansion, self.expansion, self.key_size], dim=-1)
-        q, k = self.q_scaleoffset(z), self.k_scaleoffset(z)
-        if self.rotary is not None:
-            pos = torch.arange(n, device=x.device) if positions is None else positions
-            cos, sin = self.rotary(pos)  # (n, s) or (B, n, s): no head axis in a GAU
-            layout = self.rotary.layout
-            q, k = apply_rope(q, cos, sin, layout), apply_rope(k, cos, sin, layout)
-        pure_causal = self.causal and attention_mask is None and mask is None
-        if not return_attn and pure_causal and self._sdpa_ok(None):
-            return self.o_dense(u * self._sdpa(q, k, v, None, n, causal=True))
-        full_mask = self.build_mask(n, attention_mask, mask, x.device)
-        if not return_attn and self._sdpa_ok(full_mask):
-            return self.o_dense(u * self._sdpa(q, k, v, full_mask, n))
-        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.key_size)
-        attn = attention_normalize(scores, full_mask, self.normalization,
-                                   **self.normalization_options)
-        a = F.dropout(attn, self.attention_dropout, self.training) if self.attention_dropout else attn
-        out = self.o_dense(u * torch.matmul(a.to(v.dtype), v))
-        return (out, attn) if return_attn else out
-
-    # -- fast path: softmax / softmax_plus through SDPA ------------------------------------------
-    def _sdpa_ok(self, mask: Tensor | None) -> bool:
-        method = NORMALIZERS.canonical(self.normalization)
-        if method not in ("softmax", "softmax_plus"):
-            return False
-        extra = set(self.normalization_options) - {"base_len", "min_len"}
-        # a row without any visible key would give NaN in SDPA (zeros in the explicit path)
-        return not extra and (mask is None or bool(mask.any(-1).all()))
-
-    def _sdpa(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, n: int, *,
-              causal: bool = False) -> Tensor:
-        """``A v`` without materialising ``A``: softmax_plus's per-row factor
-        ``log_{base_len}(l_i)`` multiplies the logits of row ``i``, i.e. scales ``q_i``."""
-        if NORMALIZERS.canonical(self.normalization) == "softmax_plus":
-            opts = self.normalization_options
-            if causal:
-                counts = torch.arange(1, n + 1, device=q.device)[None, :, None]
-            elif mask is None:
-                counts = torch.full((1, n, 1), n, device=q.device)
-            else:
-                counts = mask.sum(-1, keepdim=True)
-            factor = softmax_plus_factor(counts, opts.get("base_len", 512), opts.get("min_len"))
-            q = q * factor.to(device=q.device, dtype=q.dtype)
-        out = F.scaled_dot_product_attention(
-            q[:, None], k[:, None], v[:, None],
-            attn_mask=None if mask is None else mask[:, None], is_causal=causal,
-            scale=1.0 / math.sqrt(self.key_size),
+        q, k = self.q_scaleoffset(z)[:, None], self.k_scaleoffset(z)[:, None]  # one head
+        a, state, weights = attend(
+            q, k, v[:, None], positions, pos=self.position, owner=self.owner, causal=self.causal,
+            window=self.window, key_padding=key_padding, mask=mask, state=state,
+            use_cache=use_cache, normalization=self.normalization,
+            options=self.normalization_options,
             dropout_p=self.attention_dropout if self.training else 0.0,
+            return_weights=return_weights, training=self.training,
         )
-        return out[:, 0]
+        return self.o_dense(u * a[:, 0]), state, weights
 
     def extra_repr(self) -> str:
         return (f"hidden={self.hidden_size}, e={self.expansion}, s={self.key_size}, "
@@ -231,7 +187,8 @@ class GatedAttentionUnit(nn.Module):
 
 class GAULayer(nn.Module):
     """A GAU with its residual: Post-Norm ``Norm(x + drop(GAU(x)))`` (GAU-α, parameter-free
-    RMS norm) or Pre-Norm ``x + drop(GAU(Norm(x)))``.
+    RMS norm) or Pre-Norm ``x + drop(GAU(Norm(x)))``; ``forward(x, key_padding=None)`` returns
+    the ``(B, n, d)`` output (models build the same thing from blocks).
 
     Args:
         hidden_size: ``d``.
@@ -252,13 +209,8 @@ class GAULayer(nn.Module):
         self.norm = RMSNorm(hidden_size, eps=norm_eps, affine=norm_affine)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, attention_mask: Tensor | None = None, return_attn: bool = False,
-                *, mask: Tensor | None = None,
-                positions: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, key_padding: Tensor | None = None) -> Tensor:
         inp = self.norm(x) if self.norm_position == "pre" else x
-        res = self.gau(inp, attention_mask, return_attn, mask=mask, positions=positions)
-        o, attn = res if return_attn else (res, None)
+        o = self.gau(inp, key_padding=key_padding)[0]
         x = x + self.dropout(o)
-        if self.norm_position == "post":
-            x = self.norm(x)
-        return (x, attn) if return_attn else x
+        return self.norm(x) if self.norm_position == "post" else x

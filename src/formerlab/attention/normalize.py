@@ -38,6 +38,9 @@ __all__ = [
     "NORMALIZERS",
     "attention_entropy",
     "attention_normalize",
+    "check_normalizer",
+    "normalizer_options",
+    "row_factor",
     "entropy_floor",
     "register_normalizer",
     "softmax_plus_factor",
@@ -81,6 +84,34 @@ def attention_normalize(
     return fn(scores, mask, **options)
 
 
+def normalizer_options(method: str) -> dict[str, Any]:
+    """The options (keyword arguments and their defaults) that normaliser ``method`` accepts."""
+    import inspect
+
+    sig = inspect.signature(NORMALIZERS.get(method))
+    return {name: p.default for name, p in list(sig.parameters.items())[2:]
+            if p.kind is not inspect.Parameter.VAR_KEYWORD}
+
+
+def check_normalizer(method: str, options: dict[str, Any] | None) -> None:
+    """Raise ``ValueError`` for an unknown normaliser or options it does not take."""
+    allowed = normalizer_options(method)
+    unknown = sorted(set(options or {}) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {unknown} of attention normalization {method!r}; "
+            f"allowed: {sorted(allowed) or 'none'}"
+        )
+
+
+def row_factor(method: str, counts: Tensor, options: dict[str, Any] | None) -> Tensor | None:
+    """The per-row logit factor of a normaliser that is softmax after scaling each row
+    (``softmax_plus``), or ``None``; lets such normalisers run on the fused kernels."""
+    if NORMALIZERS.meta(method).get("row_factor") is None:
+        return None
+    return softmax_plus_factor(counts, **(options or {}))
+
+
 def visible_counts(scores: Tensor, mask: Tensor | None) -> Tensor:
     """Per-row number of visible keys ``l_i`` as a ``(..., nq, 1)`` tensor of the score dtype."""
     if mask is None:
@@ -119,7 +150,7 @@ def softmax(scores: Tensor, mask: Tensor | None = None) -> Tensor:
     return torch.nan_to_num(weights, nan=0.0)
 
 
-@register_normalizer("softmax_plus", aliases=("softmax_logn",))
+@register_normalizer("softmax_plus", aliases=("softmax_logn",), row_factor="softmax_plus_factor")
 def softmax_plus(
     scores: Tensor, mask: Tensor | None = None, base_len: int = 512, min_len: int | None = None
 ) -> Tensor:

@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .masks import build_mask
+from ..nn.state import LayerState
+from .cache import KVCache, as_kv_cache
+from .core import visibility_mask
 from .normalize import attention_normalize
 
 __all__ = ["SYNTHESIZER_KINDS", "SynthesizerAttention", "factorized_expand"]
@@ -58,6 +60,8 @@ class SynthesizerAttention(nn.Module):
         causal: Mask future positions (position ``t`` is then independent of later inputs).
         generator: Seeds the initialisation.
     """
+
+    owner = "synthesizer"
 
     def __init__(self, d_model: int, n_heads: int, max_len: int, kind: str | list[str] = "dense",
                  fixed: bool = False, k: int = 8, a: int | None = None, causal: bool = False,
@@ -124,25 +128,27 @@ class SynthesizerAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.n_heads, self.d_head).transpose(1, 2)
 
-    def _logits(self, kind: str, x: Tensor) -> Tensor:
-        """``(B|1, H, n, n)`` logits of one kind."""
-        n = x.shape[1]
+    def _logits(self, kind: str, x: Tensor, past: int, keys: Tensor | None) -> Tensor:
+        """``(B|1, H, m, past + m)`` logits of one kind for the ``m`` new rows."""
+        m = x.shape[1]
+        nk = past + m
+        rows = slice(past, nk)
         if kind == "vanilla":
-            q, k = self._split(self.q_proj(x)), self._split(self.k_proj(x))
-            return torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.d_head)
+            q = self._split(self.q_proj(x))
+            return torch.matmul(q, keys.transpose(-1, -2)) / math.sqrt(self.d_head)  # type: ignore[union-attr]
         if kind == "dense":
-            h = self._split(F.relu(self.dense_in(x)))  # (B, H, n, dh)
+            h = self._split(F.relu(self.dense_in(x)))  # (B, H, m, dh)
             out = torch.einsum("bhnd,hdm->bhnm", h, self.dense_w2) + self.dense_b2[None, :, None]
-            return out[..., :n]
+            return out[..., :nk]
         if kind == "random":
-            return self.random[None, :, :n, :n]
+            return self.random[None, :, rows, :nk]
         if kind == "factorized_random":
-            r = torch.matmul(self.random_r1, self.random_r2.transpose(-1, -2))
-            return r[None, :, :n, :n]
+            r = torch.matmul(self.random_r1[:, rows], self.random_r2[:, :nk].transpose(-1, -2))
+            return r[None]
         h = self._split(F.relu(self.fdense_in(x)))
         b1 = torch.einsum("bhnd,hda->bhna", h, self.fdense_w_a)
         b2 = torch.einsum("bhnd,hdc->bhnc", h, self.fdense_w_b)
-        return factorized_expand(b1, b2)[..., :n]
+        return factorized_expand(b1, b2)[..., :nk]
 
     def mixture_weights(self) -> Tensor:
         """``α`` over :attr:`kinds` (``[1.0]`` for a single kind)."""
@@ -161,35 +167,59 @@ class SynthesizerAttention(nn.Module):
         with torch.no_grad():
             self.mixture_logits.copy_(torch.log(a))
 
-    def logits(self, x: Tensor) -> Tensor:
-        """The mixed ``(B|1, H, n, n)`` logits before masking."""
+    def logits(self, x: Tensor, past: int = 0, keys: Tensor | None = None) -> Tensor:
+        """The mixed ``(B|1, H, m, past + m)`` logits of the ``m`` rows of ``x`` before masking
+        (``keys``: the vanilla branch's cached and new keys)."""
+        if "vanilla" in self.kinds and keys is None:
+            keys = self._split(self.k_proj(x))
         alphas = self.mixture_weights().to(x.dtype)
         out = None
         for w, kind in zip(alphas, self.kinds):
             if len(self.kinds) > 1 and float(w.detach()) == 0.0:
                 continue  # exact one-hot mixtures: skip (avoids 0·(−inf) and wasted work)
-            t = self._logits(kind, x)
+            t = self._logits(kind, x, past, keys)
             t = t if len(self.kinds) == 1 else w * t
             out = t if out is None else out + t
         return out
 
-    def forward(self, x: Tensor, attention_mask: Tensor | None = None,
-                return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """``x`` ``(B, n, d_model)``; ``attention_mask`` HF ``(B, n)`` key padding (1 keep)."""
+    def forward(
+        self,
+        x: Tensor,
+        positions: Tensor | None = None,
+        *,
+        key_padding: Tensor | None = None,
+        mask: Tensor | None = None,
+        state: LayerState | None = None,
+        use_cache: bool = False,
+        return_weights: bool = False,
+    ) -> tuple[Tensor, LayerState | None, Tensor | None]:
+        """Token-mixer protocol (as :class:`~formerlab.attention.MultiHeadAttention`).
+
+        The synthesised matrices are indexed by sequence slot, so ``positions`` are not used;
+        ``key_padding`` is ``(B, past + n)`` (True = real token). With ``use_cache`` the values
+        (and the vanilla branch's keys) are cached: decoding token by token equals the full
+        forward. Returns ``(out, state, weights)``.
+        """
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be (batch, seq, {self.d_model}), got {tuple(x.shape)}")
         b, n, _ = x.shape
-        if n > self.max_len:
-            raise ValueError(f"sequence length {n} exceeds max_len {self.max_len}")
-        scores = self.logits(x)
-        mask = build_mask("causal", n, device=x.device) if self.causal else None
-        if attention_mask is not None:
-            if attention_mask.shape != (b, n):
-                raise ValueError(f"attention_mask must be {(b, n)}, got {tuple(attention_mask.shape)}")
-            pad = attention_mask.bool()[:, None, None, :]
-            mask = pad if mask is None else mask & pad
-        weights = attention_normalize(scores, mask, "softmax")
+        cache = as_kv_cache(state, self.owner)
+        past = 0 if cache is None else cache.length
+        if past + n > self.max_len:
+            raise ValueError(
+                f"{past} cached + {n} new tokens exceed the synthesizer's max_len "
+                f"{self.max_len} (its matrices cover max_len positions)"
+            )
         v = self._split(self.v_proj(x))
+        keys = self._split(self.k_proj(x)) if "vanilla" in self.kinds else v[..., :0]
+        if use_cache or cache is not None:
+            cache = cache if cache is not None else KVCache(owner=self.owner)
+            keys, v, _ = cache.update(keys, v, torch.arange(past, past + n, device=x.device))
+        scores = self.logits(x, past, keys if "vanilla" in self.kinds else None)
+        nk = past + n
+        m = visibility_mask(n, nk, causal=self.causal, window=None, key_padding=key_padding,
+                            explicit=mask, device=x.device, need=True)
+        weights = attention_normalize(scores, m, "softmax")
         out = torch.matmul(weights.expand(b, -1, -1, -1), v)
         out = self.o_proj(out.transpose(1, 2).reshape(b, n, self.d_model))
-        return (out, weights) if return_weights else out
+        return out, (cache if use_cache else None), (weights if return_weights else None)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..config import ModelConfig
+from ..models.config import ModelConfig
 from ..position.rope import convert_rope_layout
 
 __all__ = [
@@ -69,7 +69,7 @@ _HF_DECODER_MAP = [
     (r"model\.embed_tokens\.weight", "embed_tokens.weight"),
     (r"model\.norm\.weight", "norm.weight"),
     (r"lm_head\.weight", "lm_head.weight"),
-    (r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)", r"layers.\1.self_attn.\2_proj.\3"),
+    (r"model\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.(weight|bias)", r"layers.\1.mixer.\2_proj.\3"),
     (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.(weight|bias)", r"layers.\1.mlp.\2_proj.\3"),
     (r"model\.layers\.(\d+)\.input_layernorm\.weight", r"layers.\1.attn_norm.weight"),
     (r"model\.layers\.(\d+)\.post_attention_layernorm\.weight", r"layers.\1.mlp_norm.weight"),
@@ -99,7 +99,7 @@ def _hf_decoder_config(cfg: dict[str, Any]) -> ModelConfig:
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
     rope.pop("type", None)
     heads = cfg["num_attention_heads"]
-    return ModelConfig(
+    return ModelConfig.from_dict(dict(
         vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_hidden_layers"], num_heads=heads,
         num_kv_heads=cfg.get("num_key_value_heads") or heads,
@@ -113,7 +113,7 @@ def _hf_decoder_config(cfg: dict[str, Any]) -> ModelConfig:
         mlp_bias=bool(cfg.get("mlp_bias", False)),
         window=cfg.get("sliding_window") if mt == "mistral" else None,
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-    )
+    ))
 
 
 def _safetensors_files(folder: Path) -> list[Path]:
@@ -163,8 +163,8 @@ _GGUF_MAP = [
     (r"output\.weight", "lm_head.weight"),
     (r"blk\.(\d+)\.attn_norm\.weight", r"layers.\1.attn_norm.weight"),
     (r"blk\.(\d+)\.ffn_norm\.weight", r"layers.\1.mlp_norm.weight"),
-    (r"blk\.(\d+)\.attn_([qkv])\.(weight|bias)", r"layers.\1.self_attn.\2_proj.\3"),
-    (r"blk\.(\d+)\.attn_output\.(weight|bias)", r"layers.\1.self_attn.o_proj.\2"),
+    (r"blk\.(\d+)\.attn_([qkv])\.(weight|bias)", r"layers.\1.mixer.\2_proj.\3"),
+    (r"blk\.(\d+)\.attn_output\.(weight|bias)", r"layers.\1.mixer.o_proj.\2"),
     (r"blk\.(\d+)\.ffn_(gate|up|down)\.(weight|bias)", r"layers.\1.mlp.\2_proj.\3"),
 ]
 
@@ -196,7 +196,7 @@ def read_gguf_config(reader: Any) -> ModelConfig:
             raise ValueError(f"GGUF rope scaling {stype!r} is not supported (supported: linear)")
         scaling = {"rope_type": "linear", "factor": float(get("rope.scaling.factor"))}
     names = {t.name for t in reader.tensors}
-    return ModelConfig(
+    return ModelConfig.from_dict(dict(
         vocab_size=int(vocab), hidden_size=hidden, num_layers=int(get("block_count")),
         num_heads=heads, num_kv_heads=kv, head_dim=head_dim,
         intermediate_size=int(get("feed_forward_length")), ffn="swiglu", norm="rmsnorm",
@@ -207,7 +207,7 @@ def read_gguf_config(reader: Any) -> ModelConfig:
         attention_bias="blk.0.attn_q.bias" in names and "blk.0.attn_output.bias" in names,
         qk_bias="blk.0.attn_q.bias" in names and "blk.0.attn_output.bias" not in names,
         tie_word_embeddings="output.weight" not in names,
-    )
+    ))
 
 
 def _dequantize_rows(data: Any, qtype: Any, shape: tuple[int, ...], dequantize: Any,
@@ -274,10 +274,10 @@ _BERT_MAP = [
     (r"embeddings\.position_embeddings\.weight", "embed_positions.weight"),
     (r"embeddings\.token_type_embeddings\.weight", "embed_token_types.weight"),
     (r"embeddings\.LayerNorm\.(weight|bias)", r"embed_norm.\1"),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.query\.(weight|bias)", r"layers.\1.self_attn.q_proj.\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.key\.(weight|bias)", r"layers.\1.self_attn.k_proj.\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.self\.value\.(weight|bias)", r"layers.\1.self_attn.v_proj.\2"),
-    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"layers.\1.self_attn.o_proj.\2"),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.query\.(weight|bias)", r"layers.\1.mixer.q_proj.\2"),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.key\.(weight|bias)", r"layers.\1.mixer.k_proj.\2"),
+    (r"encoder\.layer\.(\d+)\.attention\.self\.value\.(weight|bias)", r"layers.\1.mixer.v_proj.\2"),
+    (r"encoder\.layer\.(\d+)\.attention\.output\.dense\.(weight|bias)", r"layers.\1.mixer.o_proj.\2"),
     (r"encoder\.layer\.(\d+)\.attention\.output\.LayerNorm\.(weight|bias)", r"layers.\1.attn_norm.\2"),
     (r"encoder\.layer\.(\d+)\.intermediate\.dense\.(weight|bias)", r"layers.\1.mlp.up_proj.\2"),
     (r"encoder\.layer\.(\d+)\.output\.dense\.(weight|bias)", r"layers.\1.mlp.down_proj.\2"),
@@ -307,7 +307,7 @@ def load_encoder_weights(path: str | Path) -> tuple[ModelConfig, dict[str, Tenso
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError("only absolute position embeddings are supported, got "
                          f"{cfg['position_embedding_type']!r}")
-    config = ModelConfig(
+    config = ModelConfig.from_dict(dict(
         vocab_size=cfg["vocab_size"], hidden_size=cfg["hidden_size"],
         num_layers=cfg["num_hidden_layers"], num_heads=cfg["num_attention_heads"],
         intermediate_size=cfg["intermediate_size"], ffn=act, norm="layernorm",
@@ -316,7 +316,9 @@ def load_encoder_weights(path: str | Path) -> tuple[ModelConfig, dict[str, Tenso
         attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
         dropout=float(cfg.get("hidden_dropout_prob", 0.1)),
         attention_dropout=float(cfg.get("attention_probs_dropout_prob", 0.1)),
-    )
+        embed_norm=True, type_vocab_size=int(cfg.get("type_vocab_size", 2)),
+        pad_token_id=cfg.get("pad_token_id", 0),
+    ))
     extra = {"type_vocab_size": int(cfg.get("type_vocab_size", 2)),
              "pad_token_id": cfg.get("pad_token_id", 0)}
     tensors: dict[str, Tensor] = {}
@@ -478,3 +480,15 @@ class GGUFTokenizer:
                 raise ValueError("return_tensors='pt' needs equal lengths (no padding here)")
             return {"input_ids": torch.tensor(ids)}
         return {"input_ids": ids[0] if isinstance(text, str) else ids}
+
+
+# --- registration: formerlab.models' from_pretrained reads foreign checkpoints through these ----
+def _encoder_loader(path: Path) -> tuple[ModelConfig, dict[str, Tensor]]:
+    config, tensors, _ = load_encoder_weights(path)
+    return config, tensors
+
+
+from ..models.formats import FOREIGN_LOADERS  # noqa: E402
+
+FOREIGN_LOADERS.setdefault("causal_lm", load_causal_lm_weights)
+FOREIGN_LOADERS.setdefault("encoder", _encoder_loader)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..config import ModelConfig, TrainConfig, config_hash
+from ..config import TrainConfig, config_hash
+from ..models.config import ModelConfig
 from ..models.lm import CausalLM
 from ..train.distributed import DistInfo
 from ..train.trainer import BatchFn, Trainer

@@ -1,35 +1,47 @@
-"""Blocks and complete models: CausalLM, Encoder (BERT family), GAU models, presets, widening."""
+"""One model, any token mixer: configs, the mixer registry, blocks, CausalLM, Encoder, presets.
 
-from .blocks import DecoderBlock
-from .lm import CausalLM, CheckpointError, causal_lm_loss
+- :class:`ModelConfig` (with the ``position`` and ``attention`` sub-configs) describes a model.
+- :data:`MIXERS` holds the token mixers a layer can use (``mha``, ``gau``, ``synthesizer`` ...).
+- :class:`CausalLM` and :class:`Encoder` share one stack (:class:`TransformerModel`); their
+  decoding state is a :class:`Cache` of per-layer states.
+- Presets ``llama``, ``bert``, ``gau_alpha`` build configs; :func:`widen_transformer` widens a
+  model exactly.
+"""
+
+from .blocks import Block, DecoderBlock
+from .cache import Cache
+from .config import ModelConfig
+from .encoder import Encoder
+from .formats import CheckpointError, convert_gau_config
+from .lm import CausalLM, causal_lm_loss
+from .mixers import MIXERS, GAUOptions, SynthesizerOptions, register_mixer
 from .outputs import BaseModelOutput, CausalLMOutput, ModelOutput
+from .presets import PRESETS, bert, build_preset, gau_alpha, llama
+from .transformer import TransformerModel
+from .widen import widen_transformer
 
 __all__ = [
+    "MIXERS",
+    "PRESETS",
     "BaseModelOutput",
+    "Block",
+    "Cache",
     "CausalLM",
     "CausalLMOutput",
     "CheckpointError",
     "DecoderBlock",
-    "ModelOutput",
-    "causal_lm_loss",
-]
-
-# --- encoder, GAU models, presets, widening (issue 4) ---
-from .encoder import Encoder
-from .gau_lm import GAUAlphaConfig, GAUAlphaEncoder, GAUCausalLM, GAUConfig
-from .presets import PRESETS, bert, build_preset, gau_alpha, llama
-from .widen import widen_transformer
-
-__all__ += [
-    "PRESETS",
     "Encoder",
-    "GAUAlphaConfig",
-    "GAUAlphaEncoder",
-    "GAUCausalLM",
-    "GAUConfig",
+    "GAUOptions",
+    "ModelConfig",
+    "ModelOutput",
+    "SynthesizerOptions",
+    "TransformerModel",
     "bert",
     "build_preset",
+    "causal_lm_loss",
+    "convert_gau_config",
     "gau_alpha",
     "llama",
+    "register_mixer",
     "widen_transformer",
 ]

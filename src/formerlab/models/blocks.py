@@ -1,55 +1,56 @@
-"""Transformer blocks: attention + FFN with Pre-Norm or Post-Norm residuals.
+"""Transformer blocks: a token mixer + an optional FFN with Pre-Norm or Post-Norm residuals.
 
 Pre-Norm ``x + F(Norm(x))`` keeps equal path weights; Post-Norm ``Norm(x + F(x))`` down-weights
 early layers at init but is what the GAU-α extrapolation experiments used
-(kexue.fm/archives/8620, 9052).
+(kexue.fm/archives/8620, 9052). The mixer comes from :data:`formerlab.models.MIXERS`; GAU blocks
+have no FFN (``ffn="none"``: the unit gates inside itself).
 """
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..attention.multihead import KVCache, MultiHeadAttention
-from ..config import ModelConfig
 from ..nn.ffn import build_ffn
 from ..nn.norms import build_norm
+from ..nn.state import LayerState
+from ..position.layers import LayerSpec
+from .config import ModelConfig
+from .mixers import MIXERS, build_mixer
 
-__all__ = ["DecoderBlock"]
+__all__ = ["Block", "DecoderBlock"]
 
 
-class DecoderBlock(nn.Module):
-    """One attention + FFN block configured by :class:`~formerlab.config.ModelConfig`.
+class Block(nn.Module):
+    """One mixer + FFN block configured by :class:`~formerlab.models.ModelConfig`.
 
-    ``window`` overrides ``config.window`` for this layer (per-layer specs, HWFA).
+    Args:
+        config: The model config.
+        layer_idx: Index of the block in the stack.
+        causal: Causal (decoder) or bidirectional (encoder) mixing.
+        spec: The layer's :class:`~formerlab.position.LayerSpec` (window, mixer ...); default
+            the config's uniform spec.
     """
 
-    def __init__(
-        self,
-        config: ModelConfig,
-        layer_idx: int = 0,
-        causal: bool = True,
-        window: int | None = None,
-    ) -> None:
+    def __init__(self, config: ModelConfig, layer_idx: int = 0, causal: bool = True,
+                 spec: LayerSpec | None = None) -> None:
         super().__init__()
         c = config
+        spec = spec if spec is not None else c.layer_specs()[layer_idx]
         self.layer_idx = layer_idx
         self.norm_position = c.norm_position
-        self.self_attn = MultiHeadAttention(
-            c.hidden_size,
-            c.num_heads,
-            c.kv_heads,
-            c.dim_per_head,
-            qk_bias=c.qk_bias,
-            bias=c.attention_bias,
-            normalization=c.normalization,
-            attention_dropout=c.attention_dropout,
-            window=window if window is not None else c.window,
-            causal=causal,
-        )
-        self.mlp = build_ffn(c.ffn, c.hidden_size, c.ffn_size, bias=c.mlp_bias)
+        name, options = c.layer_mixer(spec)
+        self.mixer_name = MIXERS.canonical(name)
+        self.mixer = build_mixer(name, c, spec, options, causal)
         self.attn_norm = build_norm(c.norm, c.hidden_size, c.norm_eps, c.norm_affine)
-        self.mlp_norm = build_norm(c.norm, c.hidden_size, c.norm_eps, c.norm_affine)
+        self.mlp = None if c.ffn == "none" else build_ffn(c.ffn, c.hidden_size, c.ffn_size,
+                                                           bias=c.mlp_bias)
+        self.mlp_norm = (None if self.mlp is None
+                         else build_norm(c.norm, c.hidden_size, c.norm_eps, c.norm_affine))
         self.dropout = nn.Dropout(c.dropout)
+
+    @property
+    def positional(self) -> bool:
+        return MIXERS.get(self.mixer_name).positional
 
     def forward(
         self,
@@ -57,19 +58,25 @@ class DecoderBlock(nn.Module):
         positions: Tensor,
         *,
         key_padding: Tensor | None = None,
-        past: KVCache | None = None,
+        mask: Tensor | None = None,
+        state: LayerState | None = None,
         use_cache: bool = False,
         return_weights: bool = False,
-        mask: Tensor | None = None,
-    ) -> tuple[Tensor, KVCache | None, Tensor | None]:
-        kw = dict(key_padding=key_padding, past=past, use_cache=use_cache,
-                  return_weights=return_weights, mask=mask)
+    ) -> tuple[Tensor, LayerState | None, Tensor | None]:
+        kw = dict(key_padding=key_padding, mask=mask, state=state, use_cache=use_cache,
+                  return_weights=return_weights)
         if self.norm_position == "pre":
-            a, cache, w = self.self_attn(self.attn_norm(x), positions, **kw)
+            a, state, w = self.mixer(self.attn_norm(x), positions, **kw)
             x = x + self.dropout(a)
-            x = x + self.dropout(self.mlp(self.mlp_norm(x)))
+            if self.mlp is not None:
+                x = x + self.dropout(self.mlp(self.mlp_norm(x)))
         else:
-            a, cache, w = self.self_attn(x, positions, **kw)
+            a, state, w = self.mixer(x, positions, **kw)
             x = self.attn_norm(x + self.dropout(a))
-            x = self.mlp_norm(x + self.dropout(self.mlp(x)))
-        return x, cache, w
+            if self.mlp is not None:
+                x = self.mlp_norm(x + self.dropout(self.mlp(x)))
+        return x, state, w
+
+
+#: the first release's name of :class:`Block`
+DecoderBlock = Block

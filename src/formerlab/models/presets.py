@@ -1,9 +1,12 @@
 """Model presets as config factories: ``gau_alpha``, ``llama``, ``bert`` (a :data:`PRESETS` registry).
 
 - ``gau_alpha`` (kexue.fm/archives/9052): 24 GAU layers (two per RoFormerV2 "Attention + FFN"),
-  hidden 768, e = 1536, s = 128, vocab 12000, softmax_plus, no biases, Post-Norm with the
-  parameter-free RMS norm (ε 1e-12), dropout 0.1, 2 segment types. Any field can be overridden,
-  so the same preset builds a tiny CPU model (``gau_alpha(hidden_size=64, num_layers=2, ...)``).
+  hidden 768, e = 1536, s = 128, vocab 12000, softmax_plus, no biases, interleaved RoPE, Post-Norm
+  with the parameter-free RMS norm (ε 1e-12, also on the embeddings), dropout 0.1, 2 segment
+  types, GAU-α's initialisation. Any field can be overridden, so the same preset builds a tiny
+  CPU model (``gau_alpha(hidden_size=64, num_layers=2, expansion=128, key_size=32)``); build the
+  encoder with :class:`formerlab.models.Encoder` or a causal LM with
+  :class:`formerlab.models.CausalLM`.
 - ``llama``: Pre-Norm RMSNorm, SwiGLU, RoPE (half layout), no biases, untied head (sizes
   ``tiny``/``small``/``smollm2-135m``).
 - ``bert``: Post-Norm LayerNorm (ε 1e-12), exact-GELU MLP, biases, learned positions (sizes
@@ -15,9 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..config import Config, ModelConfig
+from ..config import Config
 from ..registry import Registry
-from .gau_lm import GAUConfig
+from .config import ModelConfig
 
 __all__ = ["PRESETS", "bert", "build_preset", "gau_alpha", "llama"]
 
@@ -47,10 +50,30 @@ def _pick(table: dict[str, dict[str, Any]], size: str, name: str) -> dict[str, A
     return dict(table[size])
 
 
+_GAU_OPTIONS = ("expansion", "key_size", "activation", "use_bias")
+
+
 @PRESETS.register("gau_alpha")
-def gau_alpha(**overrides: Any) -> GAUConfig:
-    """The GAU-α configuration (``chinese_GAU-alpha-char_L-24_H-768``) with ``overrides``."""
-    return GAUConfig(**overrides)
+def gau_alpha(**overrides: Any) -> ModelConfig:
+    """The GAU-α configuration (``chinese_GAU-alpha-char_L-24_H-768``) with ``overrides``.
+
+    ``expansion``, ``key_size``, ``activation`` and ``use_bias`` go to the ``gau`` mixer's
+    options; every other key is a :class:`~formerlab.models.ModelConfig` key (flat Hugging
+    Face keys such as ``rope_theta`` or ``normalization`` included).
+    """
+    options = {"expansion": 1536, "key_size": 128}
+    options.update({k: overrides.pop(k) for k in _GAU_OPTIONS if k in overrides})
+    base: dict[str, Any] = dict(
+        vocab_size=12000, hidden_size=768, num_layers=24, num_heads=1, mixer="gau",
+        mixer_options=options, ffn="none", norm="rmsnorm", norm_affine=False,
+        norm_position="post", norm_eps=1e-12, embed_norm=True,
+        position={"kind": "rope", "rope_layout": "interleaved", "rope_theta": 10000.0},
+        attention={"normalization": "softmax_plus", "dropout": 0.1,
+                   "normalization_options": {"base_len": 512}},
+        max_position_embeddings=512, type_vocab_size=2, dropout=0.1, init="gau_alpha",
+    )
+    base.update(overrides)
+    return ModelConfig.from_dict(base)
 
 
 @PRESETS.register("llama")
@@ -60,7 +83,7 @@ def llama(size: str = "tiny", **overrides: Any) -> ModelConfig:
                 rope_layout="half", tie_word_embeddings=False, norm_eps=1e-5)
     base.update(_pick(_LLAMA_SIZES, size, "llama"))
     base.update(overrides)
-    return ModelConfig(**base)
+    return ModelConfig.from_dict(base)
 
 
 @PRESETS.register("bert")
@@ -68,10 +91,11 @@ def bert(size: str = "tiny", **overrides: Any) -> ModelConfig:
     """A BERT encoder ``ModelConfig`` (Post-Norm LayerNorm, GELU MLP, biases, learned positions)."""
     base = dict(ffn="gelu", norm="layernorm", norm_position="post", norm_eps=1e-12,
                 position="learned", max_position_embeddings=512, attention_bias=True,
-                mlp_bias=True, tie_word_embeddings=True, dropout=0.1, attention_dropout=0.1)
+                mlp_bias=True, tie_word_embeddings=True, dropout=0.1, attention_dropout=0.1,
+                embed_norm=True, type_vocab_size=2, pad_token_id=0)
     base.update(_pick(_BERT_SIZES, size, "bert"))
     base.update(overrides)
-    return ModelConfig(**base)
+    return ModelConfig.from_dict(base)
 
 
 def build_preset(name: str, **overrides: Any) -> Config:

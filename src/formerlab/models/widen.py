@@ -32,14 +32,12 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ..config import ModelConfig
+from .config import ModelConfig
 
 __all__ = [
     "repeat_axis",
-    "widen_causal_lm",
     "widen_config",
     "widen_embedding",
-    "widen_encoder",
     "widen_linear",
     "widen_norm",
     "widen_transformer",
@@ -120,7 +118,7 @@ def widen_config(config: ModelConfig, k: int, *, eps_scale: bool = True) -> Mode
     """Hidden, head and FFN sizes × k; heads unchanged; ``norm_eps / k``."""
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"factor must be a positive int, got {k!r}")
-    if config.partial_rotary_factor != 1.0:
+    if config.position.partial_rotary_factor != 1.0:
         raise ValueError("widening supports full rotary only (partial_rotary_factor = 1)")
     return config.replace(
         hidden_size=config.hidden_size * k,
@@ -146,7 +144,7 @@ def _widen_block_tensors(sd: dict[str, Tensor], prefix: str, c: ModelConfig, k: 
         if b is not None:
             out[f"{name}.bias"] = b
 
-    att = f"{prefix}self_attn"
+    att = f"{prefix}mixer"
     qk_rule = "qk" if attn_scale else "generic"
     lin(f"{att}.q_proj", qk_rule, out_mode=qk_mode)
     lin(f"{att}.k_proj", qk_rule, out_mode=qk_mode)
@@ -187,91 +185,61 @@ def _options(kw: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
-def widen_causal_lm(model: nn.Module, k: int, *, exact_rope: bool = False, **options: Any):
-    """A k-times wider :class:`~formerlab.models.CausalLM` computing the same function.
+def widen_transformer(model: nn.Module, factor: int, *, rope: bool | None = None,
+                      exact_rope: bool = False, **options: Any) -> nn.Module:
+    """A ``factor``-times wider copy of a :class:`CausalLM` (GPT/Llama) or :class:`Encoder`
+    (BERT) computing the same function.
 
-    Options (for the regression tests): ``mode`` (``repeat``/``tile``), ``ffn_rule``
-    (``auto``/``generic``), ``bias_correction``, ``eps_correction``, ``attn_scale`` (``False``
-    for unscaled attention).
+    Args:
+        model: A model whose layers use the ``mha`` mixer.
+        factor: ``k``: hidden, head and FFN sizes × k, heads unchanged.
+        rope: Unused (inferred from the model); kept for older calls.
+        exact_rope: Keep the rotations exact: every frequency of the original schedule is
+            repeated ``k`` times (``position.rope_freq_repeat``, saved with the config, kept by
+            ``set_position_method``); otherwise the wider head gets its own, close schedule.
+        **options: For the regression tests: ``mode`` (``repeat``/``tile``), ``ffn_rule``
+            (``auto``/``generic``), ``bias_correction``, ``eps_correction``, ``attn_scale``
+            (``False`` for unscaled attention).
     """
-    from .lm import CausalLM
+    from .transformer import TransformerModel
 
-    if not isinstance(model, CausalLM):
-        raise TypeError(f"widen_causal_lm expects a CausalLM, got {type(model).__name__}")
-    o = _options(options)
+    if not isinstance(model, TransformerModel):
+        raise TypeError(
+            f"widen_transformer supports CausalLM and Encoder, got {type(model).__name__}; use "
+            "widen_linear / widen_embedding / widen_norm for other modules"
+        )
     c = model.config
-    mode = o["mode"]
-    rope = c.position == "rope"
-    if c.position == "sinusoidal":
+    mixers = {b.mixer_name for b in model.layers}
+    if mixers != {"mha"}:
+        raise ValueError(f"widening is derived for attention layers (mixer 'mha'), got {sorted(mixers)}")
+    if c.position.kind == "sinusoidal":
         raise ValueError("sinusoidal positions depend on the hidden size: not widenable exactly")
-    qk_mode = "pairs" if rope and c.rope_layout == "interleaved" and mode == "repeat" else mode
+    o = _options(options)
+    mode, k = o["mode"], factor
+    rotary = c.position.kind_spec.rotary
+    qk_mode = "pairs" if rotary and c.position.rope_layout == "interleaved" \
+        and mode == "repeat" else mode
     new_c = widen_config(c, k, eps_scale=o["eps_correction"])
+    if rotary and exact_rope:
+        new_c = new_c.replace(position={"rope_freq_repeat": c.position.rope_freq_repeat * k})
     sd = _state_dict(model)
-    out: dict[str, Tensor] = {"embed_tokens.weight": widen_embedding(sd["embed_tokens.weight"], k, mode)}
-    if "pos_embed.weight" in sd:
-        out["pos_embed.weight"] = widen_embedding(sd["pos_embed.weight"], k, mode)
+    out = {name: widen_embedding(sd[name], k, mode) for name in sd if name.startswith("embed_")
+           and name.endswith(".weight") and not name.startswith("embed_norm")}
+    for norm in ("embed_norm", "norm"):
+        w, b, _ = widen_norm(sd.get(f"{norm}.weight"), sd.get(f"{norm}.bias"), c.norm_eps, k,
+                             mode=mode)
+        if w is not None:
+            out[f"{norm}.weight"] = w
+        if b is not None:
+            out[f"{norm}.bias"] = b
     for i in range(c.num_layers):
         out.update(_widen_block_tensors(
             sd, f"layers.{i}.", c, k, mode=mode, qk_mode=qk_mode, ffn_rule=o["ffn_rule"],
             bias_correction=o["bias_correction"], eps_scale=o["eps_correction"],
             attn_scale=o["attn_scale"]))
-    w, b, _ = widen_norm(sd.get("norm.weight"), sd.get("norm.bias"), c.norm_eps, k, mode=mode)
-    if w is not None:
-        out["norm.weight"] = w
-    if b is not None:
-        out["norm.bias"] = b
-    if not c.tie_word_embeddings:
+    if "lm_head.weight" in sd and not c.tie_word_embeddings:
         out["lm_head.weight"], _ = widen_linear(sd["lm_head.weight"], None, k, "head",
                                                 out_mode=None, in_mode=mode)
-    new = CausalLM(new_c).to(next(model.parameters()).dtype)
+    new = type(model)(new_c).to(next(model.parameters()).dtype)
     new.load_weights(out, source="widened weights")
-    if rope and exact_rope:
-        inv = model.rotary.inv_freq.detach()
-        new.rotary.inv_freq = inv.repeat_interleave(k).to(new.rotary.inv_freq.device)
-    return new
-
-
-def widen_encoder(model: nn.Module, k: int, **options: Any):
-    """A k-times wider :class:`~formerlab.models.Encoder` (BERT) computing the same function."""
-    from .encoder import Encoder
-
-    if not isinstance(model, Encoder):
-        raise TypeError(f"widen_encoder expects an Encoder, got {type(model).__name__}")
-    o = _options(options)
-    c, mode = model.config, o["mode"]
-    new_c = widen_config(c, k, eps_scale=o["eps_correction"])
-    sd = _state_dict(model)
-    out = {name: widen_embedding(sd[name], k, mode) for name in sd if name.startswith("embed_")
-           and name.endswith(".weight") and not name.startswith("embed_norm")}
-    w, b, _ = widen_norm(sd.get("embed_norm.weight"), sd.get("embed_norm.bias"), c.norm_eps, k,
-                         mode=mode)
-    if w is not None:
-        out["embed_norm.weight"], out["embed_norm.bias"] = w, b
-    for i in range(c.num_layers):
-        out.update(_widen_block_tensors(
-            sd, f"layers.{i}.", c, k, mode=mode, qk_mode=mode, ffn_rule=o["ffn_rule"],
-            bias_correction=o["bias_correction"], eps_scale=o["eps_correction"],
-            attn_scale=o["attn_scale"]))
-    new = Encoder(new_c, type_vocab_size=model.type_vocab_size,
-                  pad_token_id=model.pad_token_id).to(next(model.parameters()).dtype)
-    new.load_weights(out, source="widened weights")
-    return new
-
-
-def widen_transformer(model: nn.Module, factor: int, *, rope: bool | None = None,
-                      exact_rope: bool = False, **options: Any) -> nn.Module:
-    """Widen a :class:`CausalLM` (GPT/Llama) or :class:`Encoder` (BERT) ``factor``-fold.
-
-    ``rope`` is inferred from the model; see :func:`widen_causal_lm` for the options.
-    """
-    from .encoder import Encoder
-    from .lm import CausalLM
-
-    if isinstance(model, CausalLM):
-        return widen_causal_lm(model, factor, exact_rope=exact_rope, **options)
-    if isinstance(model, Encoder):
-        return widen_encoder(model, factor, **options)
-    raise TypeError(
-        f"widen_transformer supports CausalLM and Encoder, got {type(model).__name__}; use "
-        "widen_linear / widen_embedding / widen_norm for other modules"
-    )
+    return new.train(model.training)

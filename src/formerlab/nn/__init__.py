@@ -1,11 +1,13 @@
 """Building blocks: norms, feed-forward layers, GELU approximations, init schemes, recompute."""
 
-from .ffn import MLP, SwiGLU, build_ffn
-from .norms import RMSNorm, build_norm
+from .ffn import FFNS, MLP, SwiGLU, build_ffn
+from .norms import NORMS, RMSNorm, build_norm
+from .state import Growable, LayerState, StateMismatchError
 
-__all__ = ["MLP", "RMSNorm", "SwiGLU", "build_ffn", "build_norm"]
+__all__ = ["FFNS", "MLP", "NORMS", "Growable", "LayerState", "RMSNorm", "StateMismatchError",
+           "SwiGLU", "build_ffn", "build_norm"]
 
-# --- activations, initialisation, recompute (issue 4) ---
+# --- activations, initialisation, recompute ---
 from .activations import (
     GELU,
     fit_gelu_sigmoid_coefficient,
@@ -14,9 +16,11 @@ from .activations import (
     get_activation,
 )
 from .init import (
+    INIT_SCHEMES,
     NTKLinear,
     Residual,
     ScaledActivation,
+    attach_alpha_ramp,
     gau_alpha_init_,
     he_,
     lecun_,
@@ -34,6 +38,8 @@ from .recompute import (
 
 __all__ += [
     "GELU",
+    "INIT_SCHEMES",
+    "attach_alpha_ramp",
     "NTKLinear",
     "Residual",
     "ScaledActivation",

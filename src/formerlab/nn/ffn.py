@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLP", "SwiGLU", "build_ffn"]
+from ..registry import Registry
+
+__all__ = ["FFNS", "MLP", "SwiGLU", "build_ffn"]
+
+#: name -> ``fn(dim, hidden, bias) -> module``
+FFNS: Registry = Registry("ffn")
 
 
 class SwiGLU(nn.Module):
@@ -38,10 +43,11 @@ class MLP(nn.Module):
         return self.down_proj(h)
 
 
+FFNS.add("swiglu", lambda dim, hidden, bias: SwiGLU(dim, hidden, bias))
+FFNS.add("gelu", lambda dim, hidden, bias: MLP(dim, hidden, bias, activation="gelu"))
+FFNS.add("relu", lambda dim, hidden, bias: MLP(dim, hidden, bias, activation="relu"))
+
+
 def build_ffn(kind: str, dim: int, hidden: int, bias: bool = False) -> nn.Module:
-    """``"swiglu"``, ``"gelu"`` or ``"relu"``."""
-    if kind == "swiglu":
-        return SwiGLU(dim, hidden, bias)
-    if kind in ("gelu", "relu"):
-        return MLP(dim, hidden, bias, activation=kind)
-    raise ValueError(f"ffn must be one of ['swiglu', 'gelu', 'relu'], got {kind!r}")
+    """An FFN of :data:`FFNS` (``"swiglu"``, ``"gelu"``, ``"relu"``)."""
+    return FFNS.get(kind)(dim, hidden, bias)

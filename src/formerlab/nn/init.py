@@ -22,11 +22,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from ..registry import Registry
+
 __all__ = [
+    "INIT_SCHEMES",
+    "attach_alpha_ramp",
     "SIGMOID_SECOND_MOMENT",
     "TRUNC_NORMAL_STD_CORRECTION",
     "TRUNC_NORMAL_VARIANCE",
@@ -250,9 +255,11 @@ class Residual(nn.Module):
 
     - ``post``: ``Norm(x + F(x))``;  ``pre``: ``x + F(Norm(x))``;
     - ``rezero``: ``x + α·F(x)``, trainable ``α`` initialised to 0 (identity at init);
-    - ``alpha_ramp``: ``x + α·F(x)`` with a non-trained ``α`` raised by ``alpha_step`` on every
-      training forward until it reaches 1 (Su's variant; the step size is not given in the post,
-      hence required).
+    - ``alpha_ramp``: ``x + α·F(x)`` with a non-trained ``α`` raised by ``alpha_step`` per
+      **optimizer step** until it reaches 1 (Su's variant; the step size is not given in the post,
+      hence required). The forward pass never changes ``α``, so recompute and gradient
+      accumulation cannot advance it twice: call :meth:`ramp_step` after each optimizer step, or
+      let :func:`attach_alpha_ramp` do it.
     """
 
     def __init__(self, fn: nn.Module, mode: str = "pre", norm: nn.Module | None = None, *,
@@ -270,12 +277,46 @@ class Residual(nn.Module):
         elif mode == "alpha_ramp":
             self.register_buffer("alpha", torch.zeros(()))
 
+    def ramp_step(self) -> None:
+        """Advance an ``alpha_ramp`` residual by one optimizer step (no-op for other modes)."""
+        if self.mode == "alpha_ramp":
+            with torch.no_grad():
+                self.alpha.add_(self.alpha_step).clamp_(max=1.0)
+
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "post":
             return self.norm(x + self.fn(x))
         if self.mode == "pre":
             return x + self.fn(self.norm(x))
-        if self.mode == "alpha_ramp" and self.training:
-            with torch.no_grad():
-                self.alpha.add_(self.alpha_step).clamp_(max=1.0)
         return x + self.alpha * self.fn(x)
+
+
+def attach_alpha_ramp(model: nn.Module, optimizer: torch.optim.Optimizer) -> Any:
+    """Advance every ``alpha_ramp`` :class:`Residual` of ``model`` after each ``optimizer.step()``.
+
+    Returns the hook handle (``handle.remove()`` detaches it).
+    """
+    ramps = [m for m in model.modules() if isinstance(m, Residual) and m.mode == "alpha_ramp"]
+
+    def hook(*_: Any) -> None:
+        for r in ramps:
+            r.ramp_step()
+
+    return optimizer.register_step_post_hook(hook)
+
+
+def _normal_scheme(model: nn.Module, config: Any, generator: torch.Generator | None) -> None:
+    """``N(0, initializer_range)`` weights and GPT-2's ``1/√(2L)`` on residual outputs."""
+    normal_init_(model, config.initializer_range, generator=generator)
+    scale_residual_(model.layers, config.num_layers)
+
+
+def _gau_alpha_scheme(model: nn.Module, config: Any, generator: torch.Generator | None) -> None:
+    """GAU-α's truncated normal ``L^(-1/3)/√fan_in`` (kexue.fm/archives/9052, 8978)."""
+    gau_alpha_init_(model, config.num_layers, 3, generator=generator)
+
+
+#: name -> ``fn(model, config, generator)``: how a model initialises its weights
+INIT_SCHEMES: Registry[Callable[..., None]] = Registry("init scheme")
+INIT_SCHEMES.add("normal", _normal_scheme)
+INIT_SCHEMES.add("gau_alpha", _gau_alpha_scheme)

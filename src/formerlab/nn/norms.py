@@ -10,7 +10,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RMSNorm", "build_norm"]
+from ..registry import Registry
+
+__all__ = ["NORMS", "RMSNorm", "build_norm"]
+
+#: name -> ``fn(dim, eps, affine) -> module``
+NORMS: Registry = Registry("norm")
 
 
 class RMSNorm(nn.Module):
@@ -37,10 +42,11 @@ class RMSNorm(nn.Module):
         return f"{self.dim}, eps={self.eps}, affine={self.weight is not None}"
 
 
+NORMS.add("rmsnorm", lambda dim, eps, affine: RMSNorm(dim, eps, affine))
+NORMS.add("layernorm", lambda dim, eps, affine: nn.LayerNorm(dim, eps=eps, elementwise_affine=affine))
+
+
 def build_norm(kind: str, dim: int, eps: float = 1e-6, affine: bool = True) -> nn.Module:
-    """``"rmsnorm"`` or ``"layernorm"`` (``affine=False`` drops the learned parameters)."""
-    if kind == "rmsnorm":
-        return RMSNorm(dim, eps, affine)
-    if kind == "layernorm":
-        return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
-    raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {kind!r}")
+    """A norm of :data:`NORMS` (``"rmsnorm"``, ``"layernorm"``; ``affine=False`` drops the
+    learned parameters)."""
+    return NORMS.get(kind)(dim, eps, affine)

@@ -8,6 +8,7 @@ from .absolute import (
     sinusoidal_theta,
 )
 from .bias import GauRopeRelBias, alibi_bias, alibi_slopes, sandwich_bias, sandwich_vector
+from .config import POSITION_KINDS, PositionConfig, PositionKind
 from .layers import (
     LAYER_POS,
     LayerSpec,
@@ -45,6 +46,7 @@ from .schedules import (
     HF_EXTRA_ROPE_TYPES,
     ROPE_SCHEDULES,
     default_inv_freq,
+    parse_rope_parameters,
     register_into_transformers,
     register_rope_schedule,
     rope_frequencies,
@@ -55,6 +57,7 @@ __all__ = [
     "LAYER_POS",
     "LAYOUTS",
     "LOGN_MODES",
+    "POSITION_KINDS",
     "RELPOS_MAPS",
     "ROPE_SCHEDULES",
     "AxialRotaryEmbedding",
@@ -64,6 +67,8 @@ __all__ = [
     "LeakyReRoPEMap",
     "LearnedPositionEmbedding",
     "LogNScale",
+    "PositionConfig",
+    "PositionKind",
     "ReRoPECache",
     "ReRoPEMap",
     "RelPosFn",
@@ -82,6 +87,7 @@ __all__ = [
     "make_relpos",
     "max_window",
     "naive_relpos_attention",
+    "parse_rope_parameters",
     "pe_inner_product_profile",
     "receptive_field",
     "register_into_transformers",

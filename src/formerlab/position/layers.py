@@ -52,12 +52,18 @@ class LayerSpec:
         pos: ``"rope"``, ``"nope"`` (no position encoding) or ``"rope_train_rerope_infer"``.
         logn: ``None``, ``"pretrain"`` (per-row log-n) or ``"dagger"`` (inference-only log-n†).
         rerope_window: ReRoPE window used at inference by ``"rope_train_rerope_infer"``.
+        mixer: The token mixer of this layer (a name of ``formerlab.models.MIXERS``); ``None``
+            = the model's ``mixer`` (hybrid stacks: LRU layers between attention layers ...).
+        mixer_options: Options of this layer's mixer (default: the model's ``mixer_options``
+            when the mixer is the model's, else the mixer's defaults).
     """
 
     window: int | None = None
     pos: str = "rope"
     logn: str | None = None
     rerope_window: int = 256
+    mixer: str | None = None
+    mixer_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.window is not None:
@@ -67,10 +73,17 @@ class LayerSpec:
         if self.logn not in _LOGN:
             raise ValueError(f"unknown logn {self.logn!r}; valid: None, 'pretrain', 'dagger'")
         _pos_int("rerope_window", self.rerope_window)
+        if self.mixer is not None and (not isinstance(self.mixer, str) or not self.mixer):
+            raise ValueError(f"mixer must be a mixer name or None, got {self.mixer!r}")
+        if self.mixer_options is not None and not isinstance(self.mixer_options, dict):
+            raise ValueError(f"mixer_options must be a dict or None, got {self.mixer_options!r}")
 
     @property
     def is_full(self) -> bool:
         return self.window is None
+
+    def __hash__(self) -> int:  # mixer_options is a dict: hash what identifies the spec
+        return hash((self.window, self.pos, self.logn, self.rerope_window, self.mixer))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -37,7 +37,16 @@ import torch
 from torch import Tensor
 
 from ..registry import Registry
-from .rope import apply_rope, rope_cos_sin
+from ._ops import (
+    Piecewise,
+    _check_qkv,
+    _freqs_for,
+    _gqa_apply,
+    _positions,
+    _rotary_dim,
+    _softmax_weights,
+)
+from .rerope import ReRoPECache, rerope_attention, rerope_decode_step, two_pass_scores
 
 __all__ = [
     "RELPOS_MAPS",
@@ -77,6 +86,28 @@ class RelPosFn:
         """Positions ``(a_i, c_j)`` of the second pass with ``a_i - c_j = f(i - j)`` for ``i - j ≥ w``."""
         raise NotImplementedError
 
+    def fast_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, q_positions: Tensor, k_positions: Tensor,
+        inv_freq: Tensor, mask: Tensor | None, scale: float | None, layout: str,
+        rotary_dim: int | None, attention_factor: float,
+    ) -> Tensor | None:
+        """The map's own fast equivalent of :func:`relpos_attention` for this call, or ``None``
+        when the call is outside what the fast kernels cover (then the reference runs).
+
+        A new map must implement it (or users call ``relpos_attention(..., fast=False)``): the
+        base class raises instead of silently running the ``O(n²)``-memory reference.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} has no fast path; implement fast_attention(), or call "
+            "relpos_attention(..., fast=False) to run the reference two-pass computation"
+        )
+
+    def fast_decode(self, q: Tensor, cache: ReRoPECache, *, inv_freq: Tensor,
+                    scale: float | None, attention_factor: float) -> Tensor | None:
+        """Queries at the newest cached positions against an incrementally kept
+        :class:`ReRoPECache` (``None``: use :meth:`fast_attention` on the cache's tensors)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name}
 
@@ -91,8 +122,68 @@ class RelPosFn:
         return f"{type(self).__name__}({args})"
 
 
+class _PiecewiseFast(RelPosFn):
+    """Fast paths shared by the piecewise maps: the blockwise causal prefill of
+    :func:`~formerlab.position.rerope.rerope_attention` and the cached decoding step of
+    :func:`~formerlab.position.rerope.rerope_decode_step`."""
+
+    def piecewise(self) -> Piecewise:
+        return Piecewise(self.window, getattr(self, "factor", None))
+
+    def fast_decode(self, q: Tensor, cache: ReRoPECache, *, inv_freq: Tensor,
+                    scale: float | None, attention_factor: float) -> Tensor | None:
+        if cache.inv_freq is not inv_freq:
+            cache.inv_freq = inv_freq  # a new schedule invalidates the rotated copies
+        return rerope_decode_step(q, cache, self.window, getattr(self, "factor", None),
+                                  scale=scale, attention_factor=attention_factor)
+
+    def fast_attention(
+        self, q: Tensor, k: Tensor, v: Tensor, q_positions: Tensor, k_positions: Tensor,
+        inv_freq: Tensor, mask: Tensor | None, scale: float | None, layout: str,
+        rotary_dim: int | None, attention_factor: float,
+    ) -> Tensor | None:
+        qp, kp = _shared_positions(q_positions), _shared_positions(k_positions)
+        if qp is None or kp is None:
+            return None
+        nq, nk = qp.numel(), kp.numel()
+        if nk > 1 and not bool((kp[1:] > kp[:-1]).all()):
+            return None
+        causal = kp[None, :].to(q.device) <= qp[:, None].to(q.device)
+        if mask is None:
+            if not bool(causal.all()):  # "all visible" equals causal only when no key is ahead
+                return None
+        elif not bool((mask == causal).all()):
+            return None
+        factor = getattr(self, "factor", None)
+        arange = torch.arange(nk, device=kp.device)
+        if nq == nk and torch.equal(qp.to(kp.dtype), kp) and torch.equal(kp.to(arange.dtype), arange):
+            return rerope_attention(
+                q, k, v, inv_freq=inv_freq, window=self.window, leaky_factor=factor,
+                layout=layout, scale=scale, rotary_dim=rotary_dim,
+                attention_factor=attention_factor,
+            )
+        if nq <= nk and rotary_dim in (None, 2 * inv_freq.numel()):
+            view = ReRoPECache(inv_freq, layout=layout)  # a read-only view: nothing is copied
+            view.keys, view.values = k, v
+            view.positions = kp.to(device=k.device, dtype=torch.float64)
+            qp = qp.to(device=k.device, dtype=torch.float64)
+            at_end = torch.equal(qp, view.positions[-nq:])  # queries are the newest keys
+            return rerope_decode_step(
+                q, view, self.window, factor, q_positions=None if at_end else qp, scale=scale,
+                attention_factor=attention_factor,
+            )
+        return None
+
+
+def _shared_positions(pos: Tensor) -> Tensor | None:
+    """1-D positions, or the common row of batched positions (``None`` if rows differ)."""
+    if pos.dim() == 1:
+        return pos
+    return pos[0] if bool((pos == pos[:1]).all()) else None
+
+
 @RELPOS_MAPS.register("identity", aliases=("rope",))
-class IdentityMap(RelPosFn):
+class IdentityMap(_PiecewiseFast):
     """``f(r) = r``: plain RoPE."""
 
     name = "identity"
@@ -103,7 +194,7 @@ class IdentityMap(RelPosFn):
 
 
 @RELPOS_MAPS.register("rerope")
-class ReRoPEMap(RelPosFn):
+class ReRoPEMap(_PiecewiseFast):
     """ReRoPE ``f(r) = r if r < w else w`` (kexue.fm/archives/9708)."""
 
     name = "rerope"
@@ -115,14 +206,14 @@ class ReRoPEMap(RelPosFn):
         return torch.where(r < self.window, r, torch.full_like(r, float(self.window)))
 
     def outer_positions(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.full_like(q_pos, float(self.window)), torch.zeros_like(k_pos)
+        return self.piecewise().outer_positions(q_pos, k_pos)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "window": self.window}
 
 
 @RELPOS_MAPS.register("leaky", aliases=("leaky_rerope",))
-class LeakyReRoPEMap(RelPosFn):
+class LeakyReRoPEMap(_PiecewiseFast):
     """Leaky ReRoPE ``f(r) = r if r < w else w + (r - w)/k`` (kexue.fm/archives/9708).
 
     ``factor = k > 1`` compresses distances beyond the window; ``k = 1`` is plain RoPE; ``k < 1``
@@ -154,8 +245,7 @@ class LeakyReRoPEMap(RelPosFn):
         return -torch.maximum(-r, -(w + (r - w) / self.factor))
 
     def outer_positions(self, q_pos: Tensor, k_pos: Tensor) -> tuple[Tensor, Tensor]:
-        w = float(self.window)
-        return (q_pos - w) / self.factor + w, k_pos / self.factor
+        return self.piecewise().outer_positions(q_pos, k_pos)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "window": self.window, "factor": self.factor}
@@ -186,115 +276,6 @@ def _as_relpos(relpos: RelPosFn | str | dict | None) -> RelPosFn:
     raise TypeError(f"relpos must be a RelPosFn, a name or a dict, got {type(relpos).__name__}")
 
 
-def _leaky_or_rerope(window: int | None, leaky_factor: float | None) -> RelPosFn:
-    if window is None:
-        if leaky_factor is not None:
-            raise ValueError("leaky_factor needs a window")
-        return IdentityMap()
-    if leaky_factor is None:
-        return ReRoPEMap(window)
-    return LeakyReRoPEMap(window, leaky_factor)
-
-
-# --------------------------------------------------------------------------------------------
-# validation and small helpers
-
-
-def _check_qkv(q: Tensor, k: Tensor, v: Tensor) -> tuple[int, int, int, int, int]:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, Tensor):
-            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{name} must have shape (batch, heads, seq, head_dim), got {tuple(t.shape)}")
-    b, h, nq, d = q.shape
-    if k.shape[0] != b or v.shape[0] != b:
-        raise ValueError(f"batch sizes differ: q {b}, k {k.shape[0]}, v {v.shape[0]}")
-    if k.shape[-1] != d:
-        raise ValueError(f"q and k head_dim differ: {d} vs {k.shape[-1]}")
-    if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
-        raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} must share heads and length")
-    hkv = k.shape[1]
-    if h % hkv:
-        raise ValueError(f"query heads ({h}) must be a multiple of key/value heads ({hkv})")
-    return b, h, hkv, nq, k.shape[2]
-
-
-def _rotary_dim(inv_freq: Tensor, head_dim: int, rotary_dim: int | None) -> int:
-    if not isinstance(inv_freq, Tensor) or inv_freq.dim() != 1:
-        raise ValueError("inv_freq must be a 1-D tensor of r/2 inverse frequencies")
-    r = 2 * inv_freq.numel() if rotary_dim is None else rotary_dim
-    if r != 2 * inv_freq.numel() or r > head_dim or r <= 0:
-        raise ValueError(
-            f"rotary_dim ({r}) must equal 2·len(inv_freq) ({2 * inv_freq.numel()}) and be <= head_dim ({head_dim})"
-        )
-    return r
-
-
-def _freqs_for(inv_freq: Tensor, x: Tensor) -> Tensor:
-    """Frequencies in float64 for float64 activations (exactness), else as given (float32)."""
-    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    return inv_freq.to(device=x.device, dtype=dtype)
-
-
-def _positions(pos: Tensor, batch: int, n: int, name: str) -> Tensor:
-    if not isinstance(pos, Tensor):
-        raise TypeError(f"{name} must be a Tensor, got {type(pos).__name__}")
-    if pos.shape not in ((n,), (batch, n)):
-        raise ValueError(f"{name} must have shape ({n},) or ({batch}, {n}), got {tuple(pos.shape)}")
-    return pos
-
-
-def _rotate(x: Tensor, pos: Tensor, inv_freq: Tensor, layout: str, r: int) -> Tensor:
-    """RoPE of ``x`` ``(B, H, n, d)`` at positions ``(n,)`` or ``(B, n)`` (fractional allowed)."""
-    cos, sin = rope_cos_sin(pos, inv_freq, layout=layout)
-    if cos.dim() == 3:
-        cos, sin = cos[:, None], sin[:, None]
-    return apply_rope(x, cos, sin, layout, r)
-
-
-def _gqa_scores(q: Tensor, k: Tensor) -> Tensor:
-    """``q @ kᵀ`` for q ``(B, H, nq, d)`` and k ``(B, Hkv, nk, d)`` -> ``(B, H, nq, nk)``."""
-    b, h, nq, d = q.shape
-    hkv = k.shape[1]
-    if h == hkv:
-        return q @ k.transpose(-1, -2)
-    qg = q.reshape(b, hkv, h // hkv, nq, d)
-    return (qg @ k[:, :, None].transpose(-1, -2)).reshape(b, h, nq, k.shape[2])
-
-
-def _gqa_apply(p: Tensor, v: Tensor) -> Tensor:
-    """``p @ v`` for p ``(B, H, nq, nk)`` and v ``(B, Hkv, nk, d)`` -> ``(B, H, nq, d)``."""
-    b, h, nq, nk = p.shape
-    hkv = v.shape[1]
-    if h == hkv:
-        return p @ v
-    pg = p.reshape(b, hkv, h // hkv, nq, nk)
-    return (pg @ v[:, :, None]).reshape(b, h, nq, v.shape[-1])
-
-
-def _rel(q_pos: Tensor, k_pos: Tensor) -> Tensor:
-    """``i - j`` as ``(nq, nk)`` or ``(B, nq, nk)``, in float64."""
-    qp, kp = q_pos.to(torch.float64), k_pos.to(torch.float64)
-    return qp[..., :, None] - kp[..., None, :]
-
-
-def _bhqk(x: Tensor) -> Tensor:
-    """Lift a ``(nq, nk)`` or ``(B, nq, nk)`` tensor to broadcast against ``(B, H, nq, nk)``."""
-    return x[:, None] if x.dim() == 3 else x
-
-
-def _softmax_weights(s: Tensor, mask: Tensor | None, out_dtype: torch.dtype) -> Tensor:
-    """Softmax over keys in float32 (float64 stays float64); fully masked rows give zeros."""
-    work = torch.float64 if s.dtype == torch.float64 else torch.float32
-    s = s.to(work)
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    if mask is not None:
-        p = torch.nan_to_num(p, nan=0.0)
-    return p.to(out_dtype)
-
-
 # --------------------------------------------------------------------------------------------
 # reference two-pass computation
 
@@ -319,14 +300,7 @@ def relpos_scores(
     r = _rotary_dim(inv_freq, q.shape[-1], rotary_dim)
     qp = _positions(q_positions, b, nq, "q_positions")
     kp = _positions(k_positions, b, nk, "k_positions")
-    inv_freq = _freqs_for(inv_freq, q)
-    s1 = _gqa_scores(_rotate(q, qp, inv_freq, layout, r), _rotate(k, kp, inv_freq, layout, r))
-    if relpos.is_identity:
-        return s1
-    qa, kc = relpos.outer_positions(qp.to(torch.float64), kp.to(torch.float64))
-    s2 = _gqa_scores(_rotate(q, qa, inv_freq, layout, r), _rotate(k, kc, inv_freq, layout, r))
-    inside = _bhqk(_rel(qp, kp).to(q.device) < relpos.window)
-    return torch.where(inside, s1, s2)
+    return two_pass_scores(q, k, qp, kp, _freqs_for(inv_freq, q), layout, r, relpos)
 
 
 def relpos_attention(
@@ -382,11 +356,9 @@ def relpos_attention(
         except RuntimeError:
             raise ValueError(f"mask {tuple(mask.shape)} does not broadcast to {(b, h, nq, nk)}") from None
     if fast and not return_weights:
-        from .rerope import _fast_relpos  # lazy: rerope.py builds on this module
-
-        out = _fast_relpos(
-            q, k, v, q_positions, k_positions, inv_freq, _as_relpos(relpos), mask, scale, layout,
-            rotary_dim, attention_factor,
+        out = _as_relpos(relpos).fast_attention(
+            q, k, v, q_positions, k_positions, inv_freq, mask, scale, layout, rotary_dim,
+            attention_factor,
         )
         if out is not None:
             return out
@@ -466,5 +438,3 @@ def naive_relpos_attention(
     return (p @ vd.cpu()).to(device=q.device)
 
 
-# the fast paths live in rerope.py (kept under the house's file-size limit); re-exported here
-from .rerope import ReRoPECache, rerope_attention, rerope_decode_step  # noqa: E402

@@ -21,24 +21,40 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .relative import (
-    IdentityMap,
-    LeakyReRoPEMap,
-    RelPosFn,
-    ReRoPEMap,
+from ..nn.state import Growable, LayerState
+from ._ops import (
+    Piecewise,
     _check_qkv,
     _freqs_for,
     _gqa_apply,
     _gqa_scores,
-    _leaky_or_rerope,
+    _rel,
     _rotary_dim,
     _rotate,
     _softmax_weights,
-    relpos_attention,
 )
 from .rope import apply_rope, rope_cos_sin
 
-__all__ = ["ReRoPECache", "rerope_attention", "rerope_decode_step"]
+__all__ = ["ReRoPECache", "rerope_attention", "rerope_decode_step", "two_pass_scores"]
+
+# --------------------------------------------------------------------------------------------
+# the generic two-pass merge
+
+
+def two_pass_scores(
+    q: Tensor, k: Tensor, qp: Tensor, kp: Tensor, inv_freq: Tensor, layout: str, r: int, relpos: Any
+) -> Tensor:
+    """Raw scores ``q_iᵀ R_{-f(i-j)} k_j`` ``(B, H, nq, nk)`` of any map with ``window`` and
+    ``outer_positions``: RoPE scores inside the window, the second pass outside (``where``)."""
+    s1 = _gqa_scores(_rotate(q, qp, inv_freq, layout, r), _rotate(k, kp, inv_freq, layout, r))
+    if relpos.is_identity:
+        return s1
+    qa, kc = relpos.outer_positions(qp.to(torch.float64), kp.to(torch.float64))
+    s2 = _gqa_scores(_rotate(q, qa, inv_freq, layout, r), _rotate(k, kc, inv_freq, layout, r))
+    rel = _rel(qp, kp).to(q.device)
+    inside = (rel[:, None] if rel.dim() == 3 else rel) < relpos.window
+    return torch.where(inside, s1, s2)
+
 
 # --------------------------------------------------------------------------------------------
 # causal prefill at positions 0..n-1
@@ -106,7 +122,7 @@ def _fused_kernel(q: Tensor, *others: Tensor) -> Any:
 
 
 def _rerope_fused(
-    kernel: Any, q: Tensor, k: Tensor, v: Tensor, inv_freq: Tensor, relpos: RelPosFn,
+    kernel: Any, q: Tensor, k: Tensor, v: Tensor, inv_freq: Tensor, relpos: Piecewise,
     layout: str, r: int, scale: float, block_size: int,
 ) -> Tensor:
     """Exact LSE merge of two flash passes at positions ``0 … n-1`` (inference only).
@@ -141,7 +157,7 @@ def _rerope_fused(
     del q1, k1, o, mask
     qa, kc = relpos.outer_positions(pos[w:].to(torch.float64), pos[: n - w].to(torch.float64))
     q2 = _rotate(q[:, :, w:], qa, inv_freq, layout, r)
-    k2 = k[:, :, : n - w] if isinstance(relpos, ReRoPEMap) else _rotate(k[:, :, : n - w], kc, inv_freq, layout, r)
+    k2 = k[:, :, : n - w] if relpos.factor is None else _rotate(k[:, :, : n - w], kc, inv_freq, layout, r)
     out2, lse2 = kernel(q2, heads(k2), vv[:, :, : n - w], 0.0, True, scale=scale)
     del q2, k2
     la, lb = lse1[:, :, w:, None], lse2[..., None]
@@ -200,16 +216,15 @@ def rerope_attention(
     impl = "lse_merge" if impl == "auto" else impl
     if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-    relpos = _leaky_or_rerope(window, leaky_factor)
+    relpos = Piecewise(window, leaky_factor)
     pos = torch.arange(n, device=q.device)
-    if not causal:
-        return relpos_attention(  # type: ignore[return-value]
-            q, k, v, q_positions=pos, k_positions=pos, inv_freq=inv_freq, relpos=relpos,
-            scale=scale, layout=layout, rotary_dim=rotary_dim, attention_factor=attention_factor,
-        )
     r = _rotary_dim(inv_freq, q.shape[-1], rotary_dim)
     inv_freq = _freqs_for(inv_freq, q)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    if not causal:
+        s = two_pass_scores(q, k, pos, pos, inv_freq, layout, r, relpos)
+        p = _softmax_weights(s * (scale * float(attention_factor) ** 2), None, v.dtype)
+        return _gqa_apply(p, v).to(q.dtype)
     kernel = _fused_kernel(q, k, v) if impl == "lse_merge" else None
     if kernel is not None:
         total = scale * float(attention_factor) ** 2
@@ -220,7 +235,7 @@ def rerope_attention(
     if not relpos.is_identity and n > relpos.window:  # type: ignore[operator]
         qa, kc = relpos.outer_positions(pos.to(torch.float64), pos.to(torch.float64))
         q2 = _rotate(qs, qa, inv_freq, layout, r)
-        k2 = k if isinstance(relpos, ReRoPEMap) else _rotate(k, kc, inv_freq, layout, r)
+        k2 = k if relpos.factor is None else _rotate(k, kc, inv_freq, layout, r)
     work = torch.float64 if q.dtype == torch.float64 else torch.float32
     outs = [
         _rerope_block(q1, k1, q2, k2, v, i0, min(i0 + block_size, n), relpos.window, impl, work)
@@ -233,28 +248,7 @@ def rerope_attention(
 # decoding with a cache of un-rotated keys
 
 
-class _Growable:
-    """A tensor grown along ``dim`` with amortised doubling (no full copy per appended token)."""
-
-    def __init__(self, dim: int, capacity: int = 0) -> None:
-        self.dim, self.buf, self.n, self.capacity = dim, None, 0, capacity
-
-    def append(self, x: Tensor) -> Tensor:
-        m = x.shape[self.dim]
-        if self.buf is None or self.n + m > self.buf.shape[self.dim]:
-            cap = max(16, self.capacity, self.n + m, 0 if self.buf is None else 2 * self.buf.shape[self.dim])
-            shape = list(x.shape)
-            shape[self.dim] = cap
-            buf = torch.empty(shape, dtype=x.dtype, device=x.device)
-            if self.buf is not None:
-                buf.narrow(self.dim, 0, self.n).copy_(self.buf.narrow(self.dim, 0, self.n))
-            self.buf = buf
-        self.buf.narrow(self.dim, self.n, m).copy_(x)
-        self.n += m
-        return self.buf.narrow(self.dim, 0, self.n)
-
-
-class ReRoPECache:
+class ReRoPECache(LayerState):
     """KV cache of **un-rotated** keys, values and their positions (one layer).
 
     Args:
@@ -268,7 +262,13 @@ class ReRoPECache:
     ``cache.inv_freq``; dynamic NTK stays exact for this layer). Rotated copies used by plain RoPE
     (keys at ``j``) and by the Leaky second pass (keys at ``j/k``) are kept incrementally. Positions
     are shared by the batch and must increase.
+
+    It speaks the layer-state protocol of :mod:`formerlab.nn.state` (``length``, ``reorder``,
+    ``batch_select``, ``batch_repeat_interleave``, ``crop``); reordering or cropping drops the
+    incrementally rotated copies, which are rebuilt on the next read.
     """
+
+    owner = "mha"
 
     def __init__(
         self, inv_freq: Tensor, *, layout: str = "half", rotary_dim: int | None = None, capacity: int = 0
@@ -287,10 +287,10 @@ class ReRoPECache:
         self.keys: Tensor | None = None
         self.values: Tensor | None = None
         self.positions: Tensor | None = None
-        self._bufs = (_Growable(2, self.capacity), _Growable(2, self.capacity), _Growable(0, self.capacity))
-        self._scaled: dict[tuple[float, Tensor], tuple[_Growable, Tensor]] = {}
+        self._bufs = (Growable(2, self.capacity), Growable(2, self.capacity), Growable(0, self.capacity))
+        self._scaled: dict[tuple[float, Tensor], tuple[Growable, Tensor]] = {}
         # RoPE-rotated copies of the most recent keys (pass 1 of decoding): (inv_freq, start, buffer)
-        self._recent: tuple[Tensor, int, _Growable] | None = None
+        self._recent: tuple[Tensor, int, Growable] | None = None
         self.recent_keep = 0  # how many recent rotated keys to keep (raised by rerope_decode_step)
         self._last: float | None = None  # last cached position, as a Python number
         self._first: float | None = None  # first position while positions are consecutive integers
@@ -298,6 +298,31 @@ class ReRoPECache:
 
     def __len__(self) -> int:
         return 0 if self.keys is None else self.keys.shape[2]
+
+    # -- the layer-state protocol ------------------------------------------------------------------
+    @property
+    def length(self) -> int:
+        return len(self)
+
+    def _batched(self):
+        return iter(((self._bufs[0], 0), (self._bufs[1], 0)))
+
+    def _changed(self) -> None:
+        kb, vb, pb = self._bufs
+        if kb.n == 0:
+            self.keys = self.values = self.positions = None
+            self._last = self._first = None
+        else:
+            self.keys, self.values, self.positions = kb.view(), vb.view(), pb.view()
+            self._last = float(self.positions[-1])
+        self._scaled.clear()
+        self._recent = None
+
+    def crop(self, n: int) -> None:
+        n = self._check_crop(n)
+        for buf in self._bufs:
+            buf.crop(n)
+        self._changed()
 
     def update(self, k: Tensor, v: Tensor, positions: Tensor | None = None) -> None:
         """Append un-rotated keys ``(B, Hkv, m, d)`` and values at ``positions`` ``(m,)``.
@@ -355,7 +380,7 @@ class ReRoPECache:
                 rot = buf.append(apply_rope(k, cos, sin, self.layout, self.rotary_dim))
                 if buf.n > 2 * self.recent_keep + 64:  # trim (amortised O(1) per token)
                     keep = self.recent_keep + 32
-                    buf = _Growable(2)
+                    buf = Growable(2)
                     buf.append(rot[:, :, -keep:])
                     start = len(self) - keep
                 self._recent = (freqs, start, buf)
@@ -403,7 +428,7 @@ class ReRoPECache:
         rec = self._recent
         if rec is None or rec[0] is not self.inv_freq or rec[1] > start:
             lo = min(max(0, n - self.recent_keep - 32), start)
-            buf = _Growable(2)
+            buf = Growable(2)
             buf.append(self._rotate(self.keys[:, :, lo:], self.positions[lo:]))
             rec = self._recent = (self.inv_freq, lo, buf)
         buf = rec[2]
@@ -418,12 +443,12 @@ class ReRoPECache:
             del self._scaled[stale]
         key = (float(scale), self.inv_freq)
         if key not in self._scaled:
-            buf = _Growable(2)
+            buf = Growable(2)
             self._scaled[key] = (buf, buf.append(self._rotate(self.keys, self.positions * scale)))
         return self._scaled[key][1]
 
 
-def _decode_last(q: Tensor, cache: ReRoPECache, relpos: RelPosFn, w: int, total: float, work: torch.dtype) -> Tensor:
+def _decode_last(q: Tensor, cache: ReRoPECache, relpos: Piecewise, w: int, total: float, work: torch.dtype) -> Tensor:
     """One query at the last cached position (every key visible): two passes merged by LSE."""
     keys, values, kp = cache.keys, cache.values, cache.positions
     n = len(cache)
@@ -435,7 +460,7 @@ def _decode_last(q: Tensor, cache: ReRoPECache, relpos: RelPosFn, w: int, total:
     k1, v1 = cache.rotated_keys_from(far), values[:, :, far:]  # type: ignore[index]
     layout, r = cache.layout, cache.rotary_dim
     cos, sin = cache.table_at("pos", last, q)
-    if far and isinstance(relpos, ReRoPEMap):  # pass 2 rotates the query by the constant window
+    if far and relpos.factor is None:  # pass 2 rotates the query by the constant window
         cw, sw = cache.table_at("win", float(w), q)
         both = apply_rope(torch.cat([q, q], dim=2), torch.cat([cos, cw]), torch.cat([sin, sw]), layout, r)
         q1, q2 = both[:, :, :1], both[:, :, 1:]
@@ -490,7 +515,7 @@ def rerope_decode_step(
     if keys is None or values is None or kp is None:  # pragma: no cover - guarded by len()
         raise ValueError("the cache is empty")
     _, _, _, m, nk = _check_qkv(q, keys, values)
-    relpos = _leaky_or_rerope(window, leaky_k)
+    relpos = Piecewise(window, leaky_k)
     if q_positions is None:
         if m > nk:
             raise ValueError(f"{m} queries but only {nk} cached keys")
@@ -519,7 +544,7 @@ def rerope_decode_step(
         p = _softmax_weights(s1, ok1, work)
         return _gqa_apply(p, values[:, :, near:].to(work)).to(q.dtype)
     qa, _ = relpos.outer_positions(qp, kp[:1])
-    if isinstance(relpos, ReRoPEMap):
+    if relpos.factor is None:
         k2 = keys[:, :, :far]
     else:
         k2 = cache.scaled_rotated_keys(1.0 / relpos.factor)[:, :, :far]  # type: ignore[attr-defined]
@@ -532,52 +557,3 @@ def rerope_decode_step(
     return _gqa_apply(p, values.to(work)).to(q.dtype)
 
 
-# --------------------------------------------------------------------------------------------
-# dispatch from the reference relpos_attention
-
-
-def _shared_positions(pos: Tensor) -> Tensor | None:
-    """1-D positions, or the common row of batched positions (``None`` if rows differ)."""
-    if pos.dim() == 1:
-        return pos
-    return pos[0] if bool((pos == pos[:1]).all()) else None
-
-
-def _fast_relpos(
-    q: Tensor, k: Tensor, v: Tensor, q_positions: Tensor, k_positions: Tensor, inv_freq: Tensor,
-    relpos: RelPosFn, mask: Tensor | None, scale: float | None, layout: str, rotary_dim: int | None,
-    attention_factor: float,
-) -> Tensor | None:
-    """The fast equivalent of ``relpos_attention`` for causal calls, else ``None``."""
-    if type(relpos) not in (IdentityMap, ReRoPEMap, LeakyReRoPEMap):
-        return None
-    qp, kp = _shared_positions(q_positions), _shared_positions(k_positions)
-    if qp is None or kp is None:
-        return None
-    nq, nk = qp.numel(), kp.numel()
-    if nk > 1 and not bool((kp[1:] > kp[:-1]).all()):
-        return None
-    causal = kp[None, :].to(q.device) <= qp[:, None].to(q.device)
-    if mask is None:
-        if not bool(causal.all()):  # "all visible" only equals causal when no key is in the future
-            return None
-    elif not bool((mask == causal).all()):
-        return None
-    window = relpos.window
-    factor = getattr(relpos, "factor", None)
-    arange = torch.arange(nk, device=kp.device)
-    if nq == nk and torch.equal(qp.to(kp.dtype), kp) and torch.equal(kp.to(arange.dtype), arange):
-        return rerope_attention(
-            q, k, v, inv_freq=inv_freq, window=window, leaky_factor=factor, layout=layout, scale=scale,
-            rotary_dim=rotary_dim, attention_factor=attention_factor,
-        )
-    if nq <= nk and rotary_dim in (None, 2 * inv_freq.numel()):
-        view = ReRoPECache(inv_freq, layout=layout)  # a read-only view: nothing is copied
-        view.keys, view.values, view.positions = k, v, kp.to(device=k.device, dtype=torch.float64)
-        qp = qp.to(device=k.device, dtype=torch.float64)
-        at_end = torch.equal(qp, view.positions[-nq:])  # queries are the newest keys: flash path
-        return rerope_decode_step(
-            q, view, window, factor, q_positions=None if at_end else qp, scale=scale,
-            attention_factor=attention_factor,
-        )
-    return None

@@ -152,6 +152,9 @@ class RotaryEmbedding(nn.Module):
         layout: ``"half"`` or ``"interleaved"``.
         max_position_embeddings: Training length, the default ``original_max_position_embeddings``
             of schedules that need one.
+        freq_repeat: Compute the schedule for ``rotary_dim / freq_repeat`` channels and repeat
+            every frequency ``freq_repeat`` times (a model widened ``k``-fold keeps its exact
+            rotations, :func:`formerlab.models.widen_transformer`); ``1`` = the plain schedule.
         **rope_params: Schedule parameters in Hugging Face's vocabulary (``factor``, ...).
 
     ``forward(positions, seq_len=None)`` returns ``(cos, sin)`` of shape ``(..., n, r)``; dynamic
@@ -166,10 +169,16 @@ class RotaryEmbedding(nn.Module):
         partial_rotary_factor: float = 1.0,
         layout: str = "half",
         max_position_embeddings: int | None = None,
+        freq_repeat: int = 1,
         **rope_params: Any,
     ) -> None:
         super().__init__()
         _check_layout(layout)
+        if isinstance(freq_repeat, bool) or not isinstance(freq_repeat, int) or freq_repeat < 1:
+            raise ValueError(f"freq_repeat must be a positive int, got {freq_repeat!r}")
+        if head_dim % freq_repeat:
+            raise ValueError(f"head_dim ({head_dim}) must be divisible by freq_repeat ({freq_repeat})")
+        self.freq_repeat = freq_repeat
         self.head_dim = head_dim
         self.base = float(base)
         self.partial_rotary_factor = float(partial_rotary_factor)
@@ -186,13 +195,7 @@ class RotaryEmbedding(nn.Module):
         if self.max_position_embeddings is not None:
             params.setdefault("max_position_embeddings", self.max_position_embeddings)
         # validate once (raises ValueError on unknown/missing keys)
-        inv_freq, factor = rope_frequencies(
-            self.head_dim,
-            base=self.base,
-            rope_type=rope_type,
-            partial_rotary_factor=self.partial_rotary_factor,
-            **params,
-        )
+        inv_freq, factor = self._schedule(rope_type, None, params)
         self.rope_type = rope_type
         self.rope_params = params
         self.dynamic = bool(ROPE_SCHEDULES.meta(rope_type).get("dynamic", False))
@@ -205,19 +208,35 @@ class RotaryEmbedding(nn.Module):
         """``(inv_freq, attention_factor)`` for a sequence of ``seq_len`` tokens."""
         if not self.dynamic or seq_len is None:
             return self.inv_freq, self.attention_factor
+        inv_freq, factor = self._schedule(self.rope_type, seq_len, self.rope_params)
+        return inv_freq.to(self.inv_freq.device), float(factor)
+
+    def _schedule(self, rope_type: str, seq_len: int | None, params: dict[str, Any]
+                  ) -> tuple[Tensor, float]:
         inv_freq, factor = rope_frequencies(
-            self.head_dim,
+            self.head_dim // self.freq_repeat,
             base=self.base,
-            rope_type=self.rope_type,
+            rope_type=rope_type,
             seq_len=seq_len,
             partial_rotary_factor=self.partial_rotary_factor,
-            **self.rope_params,
+            **params,
         )
-        return inv_freq.to(self.inv_freq.device), float(factor)
+        if self.freq_repeat > 1:
+            inv_freq = inv_freq.repeat_interleave(self.freq_repeat)
+        return inv_freq, factor
+
+    @property
+    def schedule_key(self) -> tuple[Any, ...]:
+        """What the rotation of a key depends on besides its position (for cache checks)."""
+        params = tuple(sorted((k, repr(v)) for k, v in self.rope_params.items()))
+        return (self.rope_type, self.base, self.partial_rotary_factor, self.freq_repeat, params)
 
     def forward(self, positions: Tensor, seq_len: int | None = None) -> tuple[Tensor, Tensor]:
         if seq_len is None and self.dynamic and positions.numel():
             seq_len = int(positions.max().item()) + 1
+        if torch.compiler.is_compiling():  # no host-side memo inside a compiled graph
+            inv_freq, factor = self.frequencies(seq_len)
+            return rope_cos_sin(positions, inv_freq, factor, self.layout)
         memo = self._table
         if (
             memo is not None

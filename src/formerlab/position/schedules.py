@@ -40,6 +40,7 @@ __all__ = [
     "HF_EXTRA_ROPE_TYPES",
     "ROPE_SCHEDULES",
     "default_inv_freq",
+    "parse_rope_parameters",
     "register_into_transformers",
     "register_rope_schedule",
     "rope_frequencies",
@@ -78,6 +79,25 @@ def register_rope_schedule(
         dynamic=dynamic,
         description=description,
     )
+
+
+def parse_rope_parameters(rope: dict[str, Any] | None) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """Split a Hugging Face ``rope_scaling`` (v4) or ``rope_parameters`` (v5) dict.
+
+    Returns ``(rope_type, schedule_params, common)``: the canonical schedule name (``"default"``
+    when absent; v4's ``"type"`` accepted), its parameters (``factor``,
+    ``original_max_position_embeddings`` ...) and the common keys found (``rope_theta``,
+    ``partial_rotary_factor``). The one place formerlab reads such dicts.
+    """
+    if rope is None:
+        rope = {}
+    if not isinstance(rope, dict):
+        raise TypeError(f"rope parameters must be a dict, got {type(rope).__name__}")
+    params = dict(rope)
+    rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
+    params.pop("type", None)
+    common = {k: params.pop(k) for k in ("rope_theta", "partial_rotary_factor") if k in params}
+    return ROPE_SCHEDULES.canonical(rope_type), params, common
 
 
 def default_inv_freq(rotary_dim: int, base: float) -> Tensor:
@@ -148,6 +168,12 @@ def rope_frequencies(
 
 @register_rope_schedule("default", optional=("factor",), description="plain RoPE, θ_i = b^(-2i/r)")
 def _default(rotary_dim: int, base: float, seq_len: int | None, **params: Any):
+    factor = params.get("factor")
+    if factor is not None and float(factor) != 1.0:
+        raise ValueError(
+            f"rope_type 'default' is plain RoPE and ignores an extension factor, got "
+            f"factor={factor}; choose a schedule that uses it (linear, ntk_aware, yarn, ...)"
+        )
     return default_inv_freq(rotary_dim, base), 1.0
 
 

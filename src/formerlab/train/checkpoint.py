@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..config import Config, ModelConfig, TrainConfig
+from ..config import Config, TrainConfig
+from ..models.config import ModelConfig
 from ..models.lm import CheckpointError
 
 __all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint", "write_atomic"]

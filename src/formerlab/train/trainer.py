@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..config import ModelConfig, TrainConfig
+from ..config import TrainConfig
+from ..models.config import ModelConfig
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from .distributed import DistInfo, resolve_device
 from .schedules import lr_at

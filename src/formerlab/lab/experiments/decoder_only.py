@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from ...attention.masks import build_mask
-from ...config import Config, ModelConfig, TrainConfig
+from ...config import Config, TrainConfig
 from ...data.batching import step_generator
+from ...models.config import ModelConfig
 from ...models.lm import CausalLM
 from ...train.trainer import Trainer
 from ..base import ExperimentReport, Figure, RunContext, register_experiment

@@ -19,10 +19,11 @@ from typing import Any
 import torch
 
 from ...attention.normalize import attention_entropy
-from ...config import Config, ModelConfig, TrainConfig
+from ...config import Config, TrainConfig
 from ...data.batching import window_batch
 from ...data.corpora import load_corpus
 from ...data.evalsets import non_repeated_set
+from ...models.config import ModelConfig
 from ...train.eval import evaluate_tokens
 from ..base import ExperimentReport, Figure, RunContext, register_experiment
 from ..cache import trained_model

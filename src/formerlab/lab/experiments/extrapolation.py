@@ -24,10 +24,11 @@ from typing import Any
 
 import torch
 
-from ...config import Config, ModelConfig, TrainConfig
+from ...config import Config, TrainConfig
 from ...data.batching import window_batch
 from ...data.corpora import load_corpus
 from ...data.evalsets import non_repeated_set, repeated_set
+from ...models.config import ModelConfig
 from ...models.lm import CausalLM
 from ...registry import Registry
 from ...train.eval import evaluate_tokens, last_n_loss

@@ -22,11 +22,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...config import Config, ModelConfig, TrainConfig
+from ...config import Config, TrainConfig
 from ...data.batching import window_batch
 from ...data.corpora import load_corpus
-from ...models.gau_lm import GAUCausalLM, GAUConfig
+from ...models.config import ModelConfig
 from ...models.lm import CausalLM
+from ...models.presets import gau_alpha
 from ...nn.recompute import saved_activation_bytes
 from ...train.trainer import Trainer
 from ..base import ExperimentReport, Figure, RunContext, register_experiment
@@ -100,13 +101,13 @@ def build_models(cfg: GAUvsMHAConfig) -> dict[str, nn.Module]:
     block = sum(p.numel() for p in mha.layers[0].parameters()
                 if p.dim() > 1)  # matrices only; norms are tiny
     e = equal_param_expansion(m.hidden_size, cfg.key_size, block)
-    gcfg = GAUConfig(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
+    gcfg = gau_alpha(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
                      num_layers=2 * m.num_layers, expansion=e, key_size=cfg.key_size,
                      normalization="softmax_plus", norm_position="pre", norm_affine=True,
-                     norm_eps=1e-6, dropout=0.0, attention_dropout=0.0, type_vocab_size=0,
-                     max_position_embeddings=m.max_position_embeddings)
+                     embed_norm=False, norm_eps=1e-6, dropout=0.0, attention_dropout=0.0,
+                     type_vocab_size=0, max_position_embeddings=m.max_position_embeddings)
     torch.manual_seed(0)
-    return {"MHA+FFN": mha, "GAU (softmax_plus)": GAUCausalLM(gcfg)}
+    return {"MHA+FFN": mha, "GAU (softmax_plus)": CausalLM(gcfg)}
 
 
 def _speed(model: nn.Module, n: int, batch: int, repeats: int, vocab: int,

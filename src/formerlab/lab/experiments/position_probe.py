@@ -21,7 +21,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ...config import ModelConfig
+from ...models.config import ModelConfig
 from ...models.lm import CausalLM
 from ..base import ExperimentReport, Figure, RunContext, register_experiment
 from ..report import markdown_table, save_line_plot

@@ -111,3 +111,38 @@ def test_bad_heads():
         MultiHeadAttention(30, 4)
     with pytest.raises(ValueError, match="divisible by num_kv_heads"):
         MultiHeadAttention(32, 4, 3)
+
+
+def test_relative_maps_keep_the_normaliser_and_attention_dropout():
+    """A ReRoPE map must not silently switch the layer back to softmax without dropout."""
+    from formerlab.position import make_relpos
+
+    x = torch.randn(2, 12, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    pos = torch.arange(12)
+    # a window covering every distance makes ReRoPE plain RoPE: compare with the RoPE path
+    for norm in ("l2", "squared_relu", "softmax_plus"):
+        attn = make(4, normalization=norm).eval()
+        plain, _, _ = attn(x, pos)
+        attn.relpos = make_relpos("rerope", window=64)
+        wide, _, _ = attn(x, pos)
+        torch.testing.assert_close(wide, plain, rtol=1e-6, atol=1e-7)  # float32 RoPE tables
+        attn.relpos = make_relpos("rerope", window=3)
+        narrow, _, w = attn(x, pos, return_weights=True)
+        assert not torch.allclose(narrow, plain)
+        if norm == "l2":  # rows of an l2-normalised matrix have unit norm
+            torch.testing.assert_close(w.norm(dim=-1), torch.ones_like(w[..., 0]))
+    soft = make(4).eval()
+    soft.relpos = make_relpos("rerope", window=3)
+    l2 = make(4, normalization="l2").eval()
+    l2.relpos = make_relpos("rerope", window=3)
+    assert not torch.allclose(soft(x, pos)[0], l2(x, pos)[0])
+    drop = make(4, attention_dropout=0.5)
+    drop.relpos = make_relpos("leaky", window=3, factor=1 / 16)  # InvLeaky training
+    drop.train()
+    torch.manual_seed(0)
+    a = drop(x, pos)[0]
+    torch.manual_seed(1)
+    b = drop(x, pos)[0]
+    assert not torch.allclose(a, b), "attention dropout must act under a relative map"
+    drop.eval()
+    torch.testing.assert_close(drop(x, pos)[0], drop(x, pos)[0], rtol=0, atol=0)

@@ -128,27 +128,41 @@ class SynthesizerAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.n_heads, self.d_head).transpose(1, 2)
 
-    def _logits(self, kind: str, x: Tensor, past: int, keys: Tensor | None) -> Tensor:
-        """``(B|1, H, m, past + m)`` logits of one kind for the ``m`` new rows."""
-        m = x.shape[1]
-        nk = past + m
-        rows = slice(past, nk)
+    @staticmethod
+    def _rows(table: Tensor, q_pos: Tensor) -> Tensor:
+        """Rows ``q_pos`` of a per-head ``(H, L, ·)`` table as ``(B|1, H, m, ·)``."""
+        if q_pos.dim() == 1:
+            return table[:, q_pos][None]
+        return table[:, q_pos].permute(1, 0, 2, 3)
+
+    @staticmethod
+    def _cols(t: Tensor, k_pos: Tensor) -> Tensor:
+        """Columns ``k_pos`` of ``(B|1, H, m, L)`` logits: ``(B|1, H, m, nk)``."""
+        if k_pos.dim() == 1:
+            return t[..., k_pos]
+        t = t.expand(k_pos.shape[0], -1, -1, -1)
+        return torch.gather(t, -1, k_pos[:, None, None, :].expand(*t.shape[:3], -1))
+
+    def _logits(self, kind: str, x: Tensor, q_pos: Tensor, k_pos: Tensor,
+                keys: Tensor | None) -> Tensor:
+        """``(B|1, H, m, nk)`` logits of one kind: query rows at ``q_pos``, key columns at
+        ``k_pos`` (the synthesised matrices are indexed by absolute position)."""
         if kind == "vanilla":
             q = self._split(self.q_proj(x))
             return torch.matmul(q, keys.transpose(-1, -2)) / math.sqrt(self.d_head)  # type: ignore[union-attr]
         if kind == "dense":
             h = self._split(F.relu(self.dense_in(x)))  # (B, H, m, dh)
             out = torch.einsum("bhnd,hdm->bhnm", h, self.dense_w2) + self.dense_b2[None, :, None]
-            return out[..., :nk]
+            return self._cols(out, k_pos)
         if kind == "random":
-            return self.random[None, :, rows, :nk]
+            return self._cols(self._rows(self.random, q_pos), k_pos)
         if kind == "factorized_random":
-            r = torch.matmul(self.random_r1[:, rows], self.random_r2[:, :nk].transpose(-1, -2))
-            return r[None]
+            r = torch.matmul(self._rows(self.random_r1, q_pos), self.random_r2.transpose(-1, -2))
+            return self._cols(r, k_pos)
         h = self._split(F.relu(self.fdense_in(x)))
         b1 = torch.einsum("bhnd,hda->bhna", h, self.fdense_w_a)
         b2 = torch.einsum("bhnd,hdc->bhnc", h, self.fdense_w_b)
-        return factorized_expand(b1, b2)[..., :nk]
+        return self._cols(factorized_expand(b1, b2), k_pos)
 
     def mixture_weights(self) -> Tensor:
         """``α`` over :attr:`kinds` (``[1.0]`` for a single kind)."""
@@ -167,9 +181,17 @@ class SynthesizerAttention(nn.Module):
         with torch.no_grad():
             self.mixture_logits.copy_(torch.log(a))
 
-    def logits(self, x: Tensor, past: int = 0, keys: Tensor | None = None) -> Tensor:
-        """The mixed ``(B|1, H, m, past + m)`` logits of the ``m`` rows of ``x`` before masking
-        (``keys``: the vanilla branch's cached and new keys)."""
+    def logits(self, x: Tensor, q_positions: Tensor | None = None,
+               k_positions: Tensor | None = None, keys: Tensor | None = None) -> Tensor:
+        """The mixed ``(B|1, H, m, nk)`` logits of the ``m`` rows of ``x`` before masking.
+
+        Positions default to ``0 … m-1`` for both (self-attention of ``x``); ``keys`` are the
+        vanilla branch's cached and new keys.
+        """
+        if q_positions is None:
+            q_positions = torch.arange(x.shape[1], device=x.device)
+        if k_positions is None:
+            k_positions = q_positions
         if "vanilla" in self.kinds and keys is None:
             keys = self._split(self.k_proj(x))
         alphas = self.mixture_weights().to(x.dtype)
@@ -177,7 +199,7 @@ class SynthesizerAttention(nn.Module):
         for w, kind in zip(alphas, self.kinds):
             if len(self.kinds) > 1 and float(w.detach()) == 0.0:
                 continue  # exact one-hot mixtures: skip (avoids 0·(−inf) and wasted work)
-            t = self._logits(kind, x, past, keys)
+            t = self._logits(kind, x, q_positions, k_positions, keys)
             t = t if len(self.kinds) == 1 else w * t
             out = t if out is None else out + t
         return out
@@ -195,7 +217,8 @@ class SynthesizerAttention(nn.Module):
     ) -> tuple[Tensor, LayerState | None, Tensor | None]:
         """Token-mixer protocol (as :class:`~formerlab.attention.MultiHeadAttention`).
 
-        The synthesised matrices are indexed by sequence slot, so ``positions`` are not used;
+        The synthesised matrices are indexed by absolute position (``positions``, default
+        ``past … past + n - 1``; a left-padded batch passes positions that count real tokens);
         ``key_padding`` is ``(B, past + n)`` (True = real token). With ``use_cache`` the values
         (and the vanilla branch's keys) are cached: decoding token by token equals the full
         forward. Returns ``(out, state, weights)``.
@@ -205,17 +228,22 @@ class SynthesizerAttention(nn.Module):
         b, n, _ = x.shape
         cache = as_kv_cache(state, self.owner)
         past = 0 if cache is None else cache.length
-        if past + n > self.max_len:
+        if positions is None:
+            positions = torch.arange(past, past + n, device=x.device)
+        if past + n > self.max_len or (
+                positions.numel() and not torch.compiler.is_compiling()
+                and int(positions.max()) >= self.max_len):
             raise ValueError(
                 f"{past} cached + {n} new tokens exceed the synthesizer's max_len "
                 f"{self.max_len} (its matrices cover max_len positions)"
             )
         v = self._split(self.v_proj(x))
         keys = self._split(self.k_proj(x)) if "vanilla" in self.kinds else v[..., :0]
+        k_pos = positions
         if use_cache or cache is not None:
             cache = cache if cache is not None else KVCache(owner=self.owner)
-            keys, v, _ = cache.update(keys, v, torch.arange(past, past + n, device=x.device))
-        scores = self.logits(x, past, keys if "vanilla" in self.kinds else None)
+            keys, v, k_pos = cache.update(keys, v, positions)
+        scores = self.logits(x, positions, k_pos, keys if "vanilla" in self.kinds else None)
         nk = past + n
         m = visibility_mask(n, nk, causal=self.causal, window=None, key_padding=key_padding,
                             explicit=mask, device=x.device, need=True)

@@ -199,7 +199,7 @@ def test_fgm_on_inputs_embeds_is_first_order_ascent():
     (g,) = torch.autograd.grad(loss, emb, retain_graph=True)
     eps = 1e-3  # the loss is float32 (causal_lm_loss), so not much smaller
     adv = fgm_loss(loss_fn, emb, eps, loss=loss)
-    assert float(adv - loss) == pytest.approx(eps * float(g.norm()), rel=2e-3)
+    assert (adv - loss).item() == pytest.approx(eps * float(g.norm()), rel=2e-3)
     (loss + adv).backward()
     assert model.embed_tokens.weight.grad is not None
 
@@ -289,7 +289,7 @@ def test_vat_through_the_embedding_module_trains():
                  generator=gen(31))
     torch.testing.assert_close(a, b)
     m = vat_loss(logits, model.embed_tokens, perturb="embedding_matrix", generator=gen(32))
-    assert float(m) > 0
+    assert m.item() > 0
     m.backward()
     assert model.layers[0].parameters().__next__().grad is not None
 

@@ -281,3 +281,27 @@ def test_bad_encoders_and_batches():
         info_nce(torch.randn(5, 3))
     with pytest.raises(ValueError, match="temperature"):
         info_nce(torch.randn(4, 3), temperature=0)
+
+
+def test_peak_activations_are_those_of_one_chunk():
+    from formerlab.nn.recompute import peak_saved_activation_bytes
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 256), nn.GELU(), nn.Dropout(0.1), nn.Linear(256, 32))
+    x = torch.randn(64, 32, generator=gen(17))
+
+    def loss_fn(h):
+        return info_nce(h, temperature=0.05)
+
+    def full():
+        loss_fn(model(x)).backward()
+
+    def loss_only():  # the loss on (64, 32) representations: the same in both runs
+        loss_fn(torch.randn(64, 32, requires_grad=True)).backward()
+
+    acc = ContrastiveAccumulator(model, loss_fn, 8)
+    peak_full = peak_saved_activation_bytes(full, model.parameters())
+    peak_acc = peak_saved_activation_bytes(lambda: acc.step(x), model.parameters())
+    peak_loss = peak_saved_activation_bytes(loss_only)
+    assert peak_acc <= (peak_full - peak_loss) / 8 + peak_loss
+    assert peak_acc < peak_full / 4

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ..registry import Registry
-from .common import QUANTIZERS, code_counts, finite_check, round_ste, usage_statistics
+from .common import QUANTIZERS, code_counts, finite_check, usage_statistics
 
 __all__ = ["FSQ", "FSQOutput", "FSQ_VARIANTS", "FSQVariant", "recommended_levels"]
 
@@ -156,6 +156,7 @@ class FSQ(nn.Module):
         self.register_buffer("_scale", v.scale(levels_t), persistent=False)
         basis = torch.cumprod(torch.tensor([1, *lv[:-1]], dtype=torch.int64), dim=0)
         self.register_buffer("_basis", basis, persistent=False)
+        self._index_offset = int((self._center * basis).sum())
         self.track_usage = track_usage
         self.register_buffer("usage_counts", torch.zeros(self.codebook_size, dtype=torch.float64),
                              persistent=False)
@@ -172,9 +173,15 @@ class FSQ(nn.Module):
     def quantize(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """``(codes, indices)`` of ``z`` ``(..., len(levels))`` without projections (STE codes)."""
         b = self.bound(z)
-        codes = round_ste(b) / self._scale
-        digits = b.detach().round().to(torch.int64) + self._center
-        return codes, (digits * self._basis).sum(-1)
+        r = b.detach().round()
+        codes = (b + (r - b.detach())) / self._scale  # round with a straight-through gradient
+        return codes, self._rounded_to_indices(r)
+
+    def _rounded_to_indices(self, r: Tensor) -> Tensor:
+        """``Σ_i (r_i + c_i)·basis_i`` as ``r·basis + c·basis``: one exact float mat-vec (the
+        integers stay below 2^24 in float32, else float64)."""
+        dtype = r.dtype if self.codebook_size < 2**24 or r.dtype == torch.float64 else torch.float64
+        return (r.to(dtype) @ self._basis.to(dtype)).add_(self._index_offset).to(torch.int64)
 
     def forward(self, z: Tensor) -> FSQOutput:
         if not isinstance(z, Tensor) or z.dim() < 1 or z.shape[-1] != self.dim:
@@ -195,8 +202,7 @@ class FSQ(nn.Module):
         """Grid codes ``(..., len(levels))`` → int64 indices ``(...)``."""
         if codes.shape[-1] != self.codebook_dim:
             raise ValueError(f"codes must be (..., {self.codebook_dim}), got {tuple(codes.shape)}")
-        digits = (codes.detach() * self._scale).round().to(torch.int64) + self._center
-        return (digits * self._basis).sum(-1)
+        return self._rounded_to_indices((codes.detach() * self._scale).round())
 
     def indices_to_codes(self, indices: Tensor, project: bool = True) -> Tensor:
         """Indices ``(...)`` → codes ``(..., dim)`` (``project=False``: grid codes

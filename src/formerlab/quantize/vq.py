@@ -32,7 +32,6 @@ from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..registry import Registry
@@ -334,13 +333,14 @@ class VectorQuantizer(nn.Module):
         return distributed_world() > 1 if flag is None else (flag and distributed_world() > 1)
 
     def _update(self, z: Tensor, idx: Tensor, m: Tensor | None, generator) -> None:
-        k = self.num_codes
-        w = None if m is None else m.to(z.dtype)
-        onehot = F.one_hot(idx, k).to(z.dtype)  # (C, N, K)
-        if w is not None:
-            onehot = onehot * w.view(1, -1, 1)
-        counts = onehot.sum(1)
-        sums = torch.bmm(onehot.transpose(1, 2), z)  # (C, K, d)
+        c, k, d = self.num_codebooks, self.num_codes, self.dim
+        flat_idx = (idx + torch.arange(c, device=idx.device).unsqueeze(1) * k).reshape(-1)
+        rows = z.reshape(-1, d)
+        if m is not None:
+            keep = m.unsqueeze(0).expand(c, -1).reshape(-1)
+            flat_idx, rows = flat_idx[keep], rows[keep]
+        counts = torch.bincount(flat_idx, minlength=c * k).to(z.dtype).reshape(c, k)
+        sums = z.new_zeros(c * k, d).index_add_(0, flat_idx, rows).reshape(c, k, d)
         if self._distributed():
             dist.all_reduce(counts)
             dist.all_reduce(sums)

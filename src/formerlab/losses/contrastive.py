@@ -211,8 +211,11 @@ def replay_forward_backward(encoder: Callable[..., Any], chunk: Any, rep_grad: T
                             rng_state: RNGState | None = None) -> None:
     """Forward ``chunk`` with gradient from ``rng_state`` (the state before its no-grad
     forward) and back-propagate ``rep_grad`` (``∂L/∂h`` of this chunk) into the encoder."""
-    with replay_rng(rng_state):
+    with replay_rng(rng_state), torch.enable_grad():
         out = _encode(encoder, chunk)
+    if out.grad_fn is None:
+        raise ValueError(f"encoder {_name(encoder)} returned a tensor without a graph: no "
+                         "parameter or input requires grad")
     out.backward(rep_grad.to(out.dtype))
 
 

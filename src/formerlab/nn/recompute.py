@@ -27,7 +27,8 @@ import contextlib
 import functools
 import os
 import warnings
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -39,6 +40,7 @@ __all__ = [
     "enable_recompute",
     "recompute",
     "recompute_active",
+    "peak_saved_activation_bytes",
     "recompute_mode",
     "saved_activation_bytes",
 ]
@@ -185,3 +187,57 @@ def saved_activation_bytes(fn: Callable[[], Tensor]) -> int:
         loss = fn()
     loss.backward()
     return total
+
+
+class _Saved:
+    """A saved tensor wrapped so its release (when autograd frees the graph) can be observed."""
+
+    __slots__ = ("__weakref__", "tensor")
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+
+def peak_saved_activation_bytes(fn: Callable[[], object], exclude: Iterable[Tensor] = ()) -> int:
+    """Peak bytes of tensors held for backward *at the same time* while ``fn()`` runs its own
+    forward and backward passes (e.g. one full-batch step, or a chunked step that frees each
+    chunk's graph before the next).
+
+    A tensor saved several times is counted once (its own bytes, also for views); tensors on the
+    storage of ``exclude`` (pass the model's parameters to count activations only) are skipped.
+    """
+    skip = {t.untyped_storage().data_ptr() for t in exclude}
+    live: dict[tuple[Any, ...], list[int]] = {}  # tensor view -> [saved references, bytes]
+    current = peak = 0
+
+    def release(key: tuple[Any, ...]) -> None:
+        nonlocal current
+        entry = live[key]
+        entry[0] -= 1
+        if entry[0] == 0:
+            current -= entry[1]
+            del live[key]
+
+    def pack(t: Tensor) -> Any:
+        nonlocal current, peak
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in skip or t.device.type == "meta":
+            return t
+        key = (ptr, t.storage_offset(), tuple(t.shape), tuple(t.stride()))
+        if key in live:
+            live[key][0] += 1
+        else:
+            size = t.numel() * t.element_size()
+            live[key] = [1, size]
+            current += size
+            peak = max(peak, current)
+        holder = _Saved(t)
+        weakref.finalize(holder, release, key)
+        return holder
+
+    def unpack(h: Any) -> Tensor:
+        return h.tensor if isinstance(h, _Saved) else h
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        fn()
+    return peak

@@ -3,7 +3,7 @@
 Prefill: ``rerope_attention`` (default ``impl="auto"``: two flash passes merged by log-sum-exp on CPU;
 and the explicit ``"two_pass"`` blocks) vs RoPE + ``scaled_dot_product_attention(is_causal=True)``
 ("sdpa") and vs RoPE + explicit matmul/softmax attention ("eager", Hugging Face's eager path), at
-n = 1024 and 4096, batch 1, 8 heads, head_dim 64, float32, ReRoPE window 256. Targets (issue 3):
+n = 1024 and 4096, batch 1, 8 heads, head_dim 64, float32, ReRoPE window 256. Targets:
 time and peak memory ≤ 2.2× plain RoPE attention.
 
 Decode: one new token against a cache of n tokens (32 steps): ``ReRoPECache`` (un-rotated keys,

@@ -1,4 +1,4 @@
-"""Linear attention baseline (spec attention.md §7)."""
+"""Linear attention baseline."""
 
 from __future__ import annotations
 

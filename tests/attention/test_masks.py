@@ -1,4 +1,4 @@
-"""Mask builders and the decoder-only low-rank facts (spec attention.md §6.3)."""
+"""Mask builders and the decoder-only low-rank facts."""
 
 from __future__ import annotations
 

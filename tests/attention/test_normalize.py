@@ -1,4 +1,4 @@
-"""Attention normalisers (spec attention.md §1.3), softmax facts (§2), entropy invariance (§3.4)."""
+"""Attention normalisers, softmax facts (§2), entropy invariance (§3.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Synthesizer attention (spec attention.md §5)."""
+"""Synthesizer attention."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ def test_writes_every_output(micro_run):
 
 
 def test_inference_methods_equal_baseline_at_train_length(micro_run):
-    """Hard identity (spec experiments.md §7.1): every schedule (k = 1) and log n† (n <= L) is
+    """Hard identity: every schedule (k = 1) and log n† (n <= L) is
     the baseline itself at the training length, bit for bit."""
     report, *_ = micro_run
     at_train = {(r["method"], r["set"]): (r["accuracy"], r["loss"]) for r in report.rows
@@ -51,7 +51,7 @@ def test_inference_methods_equal_baseline_at_train_length(micro_run):
 
 
 def test_rerope_with_covering_window_is_the_baseline(tiny_config):
-    """ReRoPE/Leaky with w >= n is plain RoPE: identical logits (spec position.md §6.7-12)."""
+    """ReRoPE/Leaky with w >= n is plain RoPE: identical logits."""
     import torch
 
     from formerlab.models import CausalLM

@@ -1,4 +1,4 @@
-"""Hard asserts of the relative-position flaw (spec position.md §9.3-9.4, experiments.md §7.1)."""
+"""Hard asserts of the relative-position flaw."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Function-preserving widening (spec attention.md §11.3)."""
+"""Function-preserving widening."""
 
 from __future__ import annotations
 

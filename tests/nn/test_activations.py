@@ -1,4 +1,4 @@
-"""GELU approximations (spec attention.md §9)."""
+"""GELU approximations."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def test_minimax_sigmoid_coefficient():
     assert abs(err - 9.4573e-3) < 0.01 * 9.4573e-3
 
 
-# the spec's error table (grid [−10, 10], step 1e-4): (vs Φ, vs GELU)
+# the published error table (grid [−10, 10], step 1e-4): (vs Φ, vs GELU)
 TABLE = {
     "tanh c=0.044715": (1.789e-4, 4.73e-4),
     "tanh c=0.0455399 (Taylor)": (3.13e-4, 7.46e-4),

@@ -1,4 +1,4 @@
-"""Initialisation, parameterisation and residuals (spec attention.md §8.7)."""
+"""Initialisation, parameterisation and residuals."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Recompute / activation checkpointing (spec attention.md §10)."""
+"""Recompute / activation checkpointing."""
 
 from __future__ import annotations
 

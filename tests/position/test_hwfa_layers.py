@@ -1,4 +1,4 @@
-"""Layer schedules and sliding windows: spec position.md §7.3 (posts 9603, 9731)."""
+"""Layer schedules and sliding windows (kexue.fm/archives/9603, 9731)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""log-n scaling: spec position.md §5.3."""
+"""log-n scaling (kexue.fm/archives/8823, 9706)."""
 
 from __future__ import annotations
 

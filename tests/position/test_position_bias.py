@@ -1,4 +1,4 @@
-"""ALiBi, RoPE + q/k bias and the Sandwich identity: spec position.md §8.3 (post 9577)."""
+"""ALiBi, RoPE + q/k bias and the Sandwich identity (kexue.fm/archives/9577)."""
 
 from __future__ import annotations
 

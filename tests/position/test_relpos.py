@@ -1,4 +1,4 @@
-"""ReRoPE / Leaky ReRoPE: spec position.md §6.7 (all 12 properties), GQA, decode, bad input."""
+"""ReRoPE / Leaky ReRoPE: the properties of the two-pass form, GQA, decode, bad input."""
 
 from __future__ import annotations
 

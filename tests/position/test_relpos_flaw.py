@@ -1,4 +1,4 @@
-"""The relative-position theoretical flaw (kexue.fm/archives/9105): spec position.md §9.3.
+"""The relative-position theoretical flaw (kexue.fm/archives/9105).
 
 Identical inputs + any relative PE that only touches the logits + row-normalised softmax give
 identical output rows, so positions are indistinguishable. Built from torch primitives only.

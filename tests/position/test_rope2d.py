@@ -1,4 +1,4 @@
-"""Axial 2-D RoPE: spec position.md §3.3 (post 8397)."""
+"""Axial 2-D RoPE (kexue.fm/archives/8397)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""RoPE properties of spec position.md §1.4 (exact, float64) on top of rope.py."""
+"""RoPE properties (exact, float64) on top of rope.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Inverse-frequency schedules: spec position.md §1.4 (7, 8) and §4.4, plus bad input."""
+"""Inverse-frequency schedules, their Hugging Face parity and bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sinusoidal position embedding properties: spec position.md §2.4 (post 8231)."""
+"""Sinusoidal position embedding properties (kexue.fm/archives/8231)."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def backend(request) -> str:
     return request.param
 
 
-#: The golden example of the spec (§6.1).
+#: The golden example lattice.
 GOLDEN = {b"a": math.log(0.5), b"b": math.log(0.3), b"ab": math.log(0.2)}
 
 #: The post's "watching" example: three segmentations with equal scores.

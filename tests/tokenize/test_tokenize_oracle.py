@@ -1,4 +1,4 @@
-"""Lattice quantities against the brute-force enumeration oracle (spec §6, §7.1, §7.5, §7.8, §7.9)."""
+"""Lattice quantities against the brute-force enumeration oracle."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from formerlab.tokenize import UnigramLattice, enumerate_segmentations
 from formerlab.tokenize import reference as ref
 
-GOLDEN = {b"a": math.log(0.5), b"b": math.log(0.3), b"ab": math.log(0.2)}  # spec §6.1
+GOLDEN = {b"a": math.log(0.5), b"b": math.log(0.3), b"ab": math.log(0.2)}  # the golden lattice
 
 
 

@@ -1,4 +1,4 @@
-"""Exact-distribution tests of the perfect sampler and the bias of the legacy one (spec §7.2–7.6).
+"""Exact-distribution tests of the perfect sampler and the bias of the legacy one.
 
 Every distribution check is a chi-square goodness-of-fit test (p > 1e-3) plus a total-variation
 bound against the brute-force ``p^α/Z``; the legacy sampler is the negative control that shows the

@@ -237,7 +237,7 @@ def test_load_rejects_non_json(tmp_path):
 
 
 def test_long_input_is_linear_and_has_no_recursion(tok):
-    """10 MB in one call: no recursion limit, no quadratic blow-up (spec §7.10)."""
+    """10 MB in one call: no recursion limit, no quadratic blow-up."""
     pytest.importorskip("numba")
     unit = ("def the():\n    return the theing 日本語 🙂\n" * 50).encode()
     small = unit * (1_000_000 // len(unit))

@@ -1,4 +1,4 @@
-"""Trainer: n-gram candidate oracle and the vocabulary properties of spec §8.2 (adapted)."""
+"""Trainer: n-gram candidate oracle and the vocabulary properties."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
-"""Evaluation sets of the length-extrapolation posts (``../spec/experiments.md`` §2).
+"""Evaluation sets of the length-extrapolation posts.
 
 - **non-repeated**: natural text cut to the test length (evenly spaced windows of the test split);
 - **repeated**: a chunk of ``P`` tokens repeated until the sample fills the test length, so later
   copies are predictable by looking back ``P`` tokens. The period is drawn uniformly from
-  ``[L_train, L_test/2]`` so copying needs a look-back beyond the training length (the spec's
+  ``[L_train, L_test/2]`` so copying needs a look-back beyond the training length (our
   small-scale analogue of the blog's 4096-token repeated set); when ``L_test < 2·L_train`` the
   range is ``[L_test/4, L_test/2]``. Explicit ``period=(lo, hi)`` gives the short-period variant.
 """

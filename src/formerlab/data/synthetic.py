@@ -1,4 +1,4 @@
-"""Seeded synthetic tasks for small-scale experiments (``../spec/experiments.md`` §9).
+"""Seeded synthetic tasks for small-scale experiments.
 
 Every task returns ``(input_ids, labels)`` with ``labels = -100`` wherever the loss is not
 taken, so the same causal-LM loss scores only the answer tokens. Token ids below ``num_special``

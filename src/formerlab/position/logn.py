@@ -1,6 +1,6 @@
 """log-n attention scaling: entropy invariance for lengths beyond training.
 
-Two distinct variants (``../spec/position.md`` §5), both folded into the queries so that keys, the
+Two distinct variants, both folded into the queries so that keys, the
 KV cache and fused attention kernels are untouched (scaling q before or after RoPE is the same,
 the factor is a scalar per query):
 

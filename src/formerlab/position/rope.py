@@ -4,7 +4,7 @@ RoPE rotates channel pair ``i`` of a query/key at position ``n`` by the angle ``
 ``<R_m q, R_n k> = <q, R_{n-m} k>``: scores depend only on the relative position.
 RoFormer, kexue.fm/archives/8265, arXiv 2104.09864.
 
-Layouts (``../spec/position.md`` §1.2):
+Layouts:
 
 - ``"half"`` (rotate_half, GPT-NeoX, Hugging Face Llama): pair ``i`` is channels ``(i, i + r/2)``;
 - ``"interleaved"`` (RoFormer, GPT-J, bert4keras): pair ``i`` is channels ``(2i, 2i + 1)``.

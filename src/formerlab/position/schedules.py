@@ -7,7 +7,7 @@ keys it requires and accepts; unknown or missing keys raise ``ValueError`` namin
 The β-base view of RoPE (kexue.fm/archives/9675): the features ``cos(n/β^(m-1))`` behave like the
 digits of ``n`` in base ``β = b^(2/r)``. Position interpolation (PI, HF ``linear``) divides every
 frequency by ``k``; NTK-RoPE-old raises the base to ``b·k`` so each digit extrapolates only a
-little (kexue.fm/archives/9675, 9706). ``../spec/position.md`` §4 holds every formula.
+little (kexue.fm/archives/9675, 9706).
 
 Schedules (``r`` = rotary dimension, ``θ_i = b^(-2i/r)``, ``k`` = ``factor``):
 

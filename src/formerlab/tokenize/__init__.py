@@ -1,4 +1,4 @@
-"""Byte-level unigram tokenizer with exact Viterbi sampling (issue 5).
+"""Byte-level unigram tokenizer with exact Viterbi sampling.
 
 - :class:`UnigramTokenizer` — lossless byte-level unigram tokenizer: Viterbi ``encode``, perfect
   sampling ``encode(text, alpha=α)`` ∝ ``p(seg)^α`` (kexue.fm/archives/9811), the legacy pairwise

@@ -22,7 +22,7 @@ Randomness: a sampler draws from a SplitMix64 stream whose 64-bit seed the calle
 arrival order (the first reachable arrival at an end position is kept for sure). The reservoir is an
 "online softmax": ``top`` is the running maximum of ``lw = logZ[s] + α·v``, ``total`` the running
 ``Σ exp(lw − top)`` (rescaled by ``exp(top_old − top_new)`` when the maximum grows), and the arrival
-is kept when ``u·total < w`` with ``w = exp(lw − top)`` — the spec's ``u < exp(lw − logZ_so_far)``
+is kept when ``u·total < w`` with ``w = exp(lw − top)`` — the textbook test ``u < exp(lw − logZ_so_far)``
 with one ``exp`` per match. The compiled kernels use the same stream, order and formulas, so both
 paths give the same samples for the same seed.
 

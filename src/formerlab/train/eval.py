@@ -1,4 +1,4 @@
-"""Evaluation of language models at many lengths (``../spec/experiments.md`` §2).
+"""Evaluation of language models at many lengths.
 
 - :func:`evaluate_tokens` — per-token next-token accuracy and loss over all predicted positions
   and over positions ``>= L_train`` only, plus the per-position loss curve;

@@ -1,4 +1,4 @@
-"""Published numbers of the length-extrapolation series (``../spec/experiments.md`` §3),
+"""Published numbers of the length-extrapolation series ,
 kept as documentation to print beside our measurements — never used as thresholds.
 
 GAU-α-style LM, ≈100M parameters, 24 layers, trained at 512, tested at 4096 (8×); per-token

@@ -12,10 +12,9 @@
 """
 
 from .engine import BACKENDS, make_engine, numba_available
-from .lattice import SAMPLERS, UnigramLattice
+from .lattice import DEFAULT_SPECIAL_TOKENS, SAMPLERS, UnigramLattice
 from .reference import Match, SplitMix64, enumerate_segmentations
-from .tokenizer import DEFAULT_SPECIAL_TOKENS, FORMAT_VERSION, UnigramTokenizer
-from .trainer import train_unigram
+from .tokenizer import FORMAT_VERSION, UnigramTokenizer, train_unigram
 
 __all__ = [
     "BACKENDS",

@@ -28,12 +28,16 @@ from . import reference as ref
 from .engine import Engine, make_engine
 
 __all__ = [
+    "DEFAULT_SPECIAL_TOKENS",
     "SAMPLERS",
     "UnigramLattice",
     "as_bytes",
     "check_alpha",
     "draw_seeds",
 ]
+
+#: special tokens of a new tokenizer (ids 0, 1, 2)
+DEFAULT_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 
 #: Sampling algorithms by name; the value says whether it is the legacy sampler.
 SAMPLERS: Registry[bool] = Registry("sampler")

@@ -35,11 +35,19 @@ import numpy as np
 import torch
 
 from .engine import make_engine, pack, pack_str
-from .lattice import SAMPLERS, as_bytes, check_alpha, check_vocab, draw_seeds
+from .lattice import (
+    DEFAULT_SPECIAL_TOKENS,
+    SAMPLERS,
+    as_bytes,
+    check_alpha,
+    check_vocab,
+    draw_seeds,
+)
+from .trainer import learn_vocabulary
 
-__all__ = ["DEFAULT_SPECIAL_TOKENS", "FORMAT_NAME", "FORMAT_VERSION", "UnigramTokenizer"]
+__all__ = ["DEFAULT_SPECIAL_TOKENS", "FORMAT_NAME", "FORMAT_VERSION", "UnigramTokenizer",
+           "train_unigram"]
 
-DEFAULT_SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
 FORMAT_NAME = "formerlab-unigram"
 FORMAT_VERSION = 1
 _PADDING = {False: None, "do_not_pad": None, True: "longest", "longest": "longest",
@@ -533,11 +541,21 @@ class UnigramTokenizer:
         ``texts_or_files``: texts (``str``/``bytes``) and/or paths (``os.PathLike``). Further
         options (``special_tokens``, ``ensure_unicode``, ``seed_size``, ``em_iterations``,
         ``e_step``, ``shrink``, ``num_workers``, ``backend``, ...) and the algorithm: see
-        :func:`formerlab.tokenize.trainer.train_unigram`.
+        :func:`formerlab.tokenize.trainer.learn_vocabulary`.
         """
-        from .trainer import train_unigram
-
-        return train_unigram(
+        pieces, specials, meta = learn_vocabulary(
             texts_or_files, vocab_size, max_piece_bytes=max_piece_bytes, min_count=min_count,
             isolate_digits=isolate_digits, progress=progress, **kwargs,
         )
+        return cls(pieces, special_tokens=specials, backend=kwargs.get("backend", "auto"),
+                   meta=meta)
+
+
+def train_unigram(
+    texts_or_files: Iterable[str | bytes | os.PathLike] | str | bytes | os.PathLike,
+    vocab_size: int,
+    **kwargs: Any,
+) -> UnigramTokenizer:
+    """Train a :class:`UnigramTokenizer` of ``vocab_size`` ids (specials included); the options
+    of :func:`formerlab.tokenize.trainer.learn_vocabulary`."""
+    return UnigramTokenizer.train(texts_or_files, vocab_size, **kwargs)

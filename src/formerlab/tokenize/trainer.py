@@ -54,7 +54,7 @@ import numpy as np
 
 from ..registry import Registry
 from .engine import make_engine, pack
-from .tokenizer import DEFAULT_SPECIAL_TOKENS, UnigramTokenizer
+from .lattice import DEFAULT_SPECIAL_TOKENS
 
 __all__ = ["E_STEPS", "chunk_counts", "count_ngram_candidates", "train_unigram"]
 
@@ -259,7 +259,7 @@ class _EM:
         self.keep(mask)
 
 
-def train_unigram(
+def learn_vocabulary(
     texts_or_files: Iterable[str | bytes | os.PathLike] | str | bytes | os.PathLike,
     vocab_size: int,
     *,
@@ -276,8 +276,12 @@ def train_unigram(
     num_workers: int = 1,
     progress: bool = True,
     backend: str = "auto",
-) -> UnigramTokenizer:
-    """Train a :class:`UnigramTokenizer` of ``vocab_size`` ids (specials included).
+) -> tuple[dict[bytes, float], tuple[str, ...], dict[str, Any]]:
+    """Learn a unigram vocabulary of ``vocab_size`` ids (specials included).
+
+    Returns ``(pieces → log-probability, special tokens, metadata)``;
+    :meth:`UnigramTokenizer.train` (and :func:`formerlab.tokenize.train_unigram`) build the
+    tokenizer from it.
 
     Args:
         texts_or_files: Texts (``str``/``bytes``) and/or file paths (``os.PathLike`` objects such as
@@ -351,7 +355,7 @@ def train_unigram(
             em.step()
     scores = em.scores
     meta = {
-        "trainer": "formerlab.tokenize.trainer.train_unigram",
+        "trainer": "formerlab.tokenize.train_unigram",
         "vocab_size": vocab_size,
         "max_piece_bytes": max_piece_bytes,
         "min_count": min_count,
@@ -363,9 +367,7 @@ def train_unigram(
         "unique_chunks": len(chunks),
         "train_seconds": round(time.perf_counter() - started, 3),
     }
-    return UnigramTokenizer(
-        dict(zip(em.pieces, scores.tolist())), special_tokens=specials, backend=backend, meta=meta
-    )
+    return dict(zip(em.pieces, scores.tolist())), specials, meta
 
 
 def _check_train_args(vocab_size, n_specials, max_piece_bytes, min_count, shrink, em_iterations,

@@ -56,7 +56,7 @@ from ..registry import Registry
 from .engine import make_engine, pack
 from .lattice import DEFAULT_SPECIAL_TOKENS
 
-__all__ = ["E_STEPS", "chunk_counts", "count_ngram_candidates", "train_unigram"]
+__all__ = ["E_STEPS", "chunk_counts", "count_ngram_candidates", "learn_vocabulary"]
 
 #: E-steps of the EM loop: ``(engine, chunks, weights) -> (counts, log-likelihood or score)``.
 E_STEPS: Registry[Callable[..., tuple[np.ndarray, float]]] = Registry("E-step")

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from formerlab import ModelConfig
 from formerlab.models import CausalLM, CheckpointError
 
 
@@ -190,3 +191,18 @@ def test_bad_token_ids_name_the_id_and_vocabulary(tiny_config):
         model(bad)
     with pytest.raises(ValueError, match="token id -1"):
         model(ids * 0 - 1)
+
+
+@pytest.mark.slow
+def test_torch_compile_has_no_graph_breaks_and_gives_the_eager_outputs():
+    """fullgraph=True fails on any graph break (host syncs such as int(tensor.max()))."""
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4)).eval()
+    ids = torch.randint(0, 64, (2, 12))
+    mask = torch.ones(2, 12, dtype=torch.long)
+    mask[0, :3] = 0  # left padding: position ids derived from the mask inside the graph
+    compiled = torch.compile(model, fullgraph=True)
+    with torch.no_grad():
+        for kw in ({}, {"attention_mask": mask}):
+            torch.testing.assert_close(compiled(ids, **kw).logits, model(ids, **kw).logits,
+                                       rtol=1e-5, atol=1e-5)

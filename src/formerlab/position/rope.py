@@ -123,7 +123,7 @@ def convert_rope_layout(
     """Permute the output rows of a q/k projection (or its bias) between RoPE layouts.
 
     ``weight`` has ``num_heads·head_dim`` rows (any trailing shape). Scores are unchanged when the
-    same permutation is applied to q and k (``position.md`` §1.2).
+    same permutation is applied to q and k.
     """
     _check_layout(src)
     _check_layout(dst)

@@ -90,6 +90,21 @@ def test_toeplitz_bias_equals_full_bias_iff_it_vanishes_beyond_one_block():
     assert float(diff.abs().max()) > 1e-3
 
 
+def test_blocks_processed_in_groups_give_the_same_result(monkeypatch):
+    import formerlab.attention.vq as vq
+
+    q, k, v, cb, codes = problem(24, n=37)
+    kh = quantised(k, cb, codes)
+    bias = torch.randn(2, 3, 37, 8, generator=torch.Generator().manual_seed(3), dtype=F64)
+    whole = run(q, kh, codes, v, cb, block_len=4, window_bias=bias)
+    monkeypatch.setattr(vq, "_GROUP_ELEMENTS", 1)  # one block at a time
+    torch.testing.assert_close(run(q, kh, codes, v, cb, block_len=4, window_bias=bias), whole,
+                               rtol=0, atol=1e-12)
+    monkeypatch.setattr(vq, "_GROUP_ELEMENTS", 3 * 6 * 4 * 15)  # three blocks per group
+    torch.testing.assert_close(run(q, kh, codes, v, cb, block_len=4, window_bias=bias), whole,
+                               rtol=0, atol=1e-12)
+
+
 def test_without_bias_block_length_does_not_matter():
     q, k, v, cb, codes = problem(5, n=33)
     kh = quantised(k, cb, codes)
@@ -365,7 +380,7 @@ def test_errors_name_the_argument():
 
 def test_gradients_through_the_cache_across_pieces_equal_whole():
     ell = 3
-    q, k, v, cb, codes = problem(22, n=14)
+    q, _k, v, cb, codes = problem(22, n=14)
     kh = cb[codes]
 
     def pieces(q, v):

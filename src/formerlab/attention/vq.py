@@ -52,6 +52,7 @@ sizes, including single tokens) equals feeding it whole.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +70,7 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_LEN = 512  # the paper's block length
+_GROUP_ELEMENTS = 1 << 20  # logits computed at once by the block form (bounds its temporaries)
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -172,10 +174,20 @@ def _check_bias(bias: Tensor | None, block_len: int, nq: int) -> Tensor | None:
     return bias
 
 
-def _codes_onehot(codes: Tensor, size: int, dtype: torch.dtype, valid: Tensor | None = None
-                  ) -> Tensor:
-    onehot = F.one_hot(codes.long(), size).to(dtype)
-    return onehot if valid is None else onehot * valid[..., None].to(dtype)
+def _code_stats(codes: Tensor, v: Tensor, size: int, valid: Tensor | None = None
+                ) -> tuple[Tensor, Tensor]:
+    """Per-code counts ``(…, S)`` and value sums ``(…, S, d_v)`` of tokens ``(…, m)`` /
+    ``(…, m, d_v)`` (``valid`` masks tokens out), by scatter-add: ``O(m·d_v)``, no one-hot."""
+    idx = codes.long()
+    ones = torch.ones(idx.shape, dtype=v.dtype, device=v.device)
+    if valid is not None:
+        ones = ones * valid.to(v.dtype)
+        v = v * valid[..., None].to(v.dtype)
+    counts = torch.zeros(*idx.shape[:-1], size, dtype=v.dtype, device=v.device)
+    counts = counts.scatter_add(-1, idx, ones)
+    sums = torch.zeros(*v.shape[:-2], size, v.shape[-1], dtype=v.dtype, device=v.device)
+    sums = sums.scatter_add(-2, idx[..., None].expand(*idx.shape, v.shape[-1]), v)
+    return counts, sums
 
 
 def _log_counts(counts: Tensor) -> Tensor:
@@ -183,12 +195,18 @@ def _log_counts(counts: Tensor) -> Tensor:
 
 
 def _joint_softmax(wl: Tensor, vwin: Tensor, cl: Tensor, means: Tensor) -> Tensor:
-    """``Σ p_w v_w + Σ p_s Ū_s`` with ``p = softmax([wl ; cl])`` (one max, one normaliser)."""
+    """``Σ p_w v_w + Σ p_s Ū_s`` with ``p = softmax([wl ; cl])`` (one max, one normaliser).
+
+    ``wl`` and ``cl`` must be fresh logits: they are overwritten in place.
+    """
     m = torch.maximum(wl.amax(-1, keepdim=True), cl.amax(-1, keepdim=True)).detach()
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    pw, pc = torch.exp(wl - m), torch.exp(cl - m)
+    m = m.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)  # a row with no visible key
+    grad = torch.is_grad_enabled() and (wl.requires_grad or cl.requires_grad)
+    pw = wl.sub_(m).exp() if grad else wl.sub_(m).exp_()
+    pc = cl.sub_(m).exp() if grad else cl.sub_(m).exp_()
     den = pw.sum(-1, keepdim=True) + pc.sum(-1, keepdim=True)
-    return (torch.matmul(pw, vwin) + torch.matmul(pc, means)) / den
+    out = torch.matmul(pw, vwin) + torch.matmul(pc, means)
+    return out.div_(den)
 
 
 # --- reference -----------------------------------------------------------------------------------
@@ -333,9 +351,8 @@ class VQAttentionState(RecurrentState):
 def _fold(counts: Tensor, means: Tensor, codes: Tensor, v: Tensor, grad_through_cache: bool
           ) -> tuple[Tensor, Tensor]:
     """Fold tokens into the cache: ``Ū ← (Ū·L + Σ v)/(L + n)``, ``L ← L + n`` per code."""
-    onehot = _codes_onehot(codes, counts.shape[-1], means.dtype)
-    new_counts = counts + onehot.sum(-2)
-    sums = torch.matmul(onehot.transpose(-1, -2), v.to(means.dtype))
+    add, sums = _code_stats(codes, v.to(means.dtype), counts.shape[-1])
+    new_counts = counts + add
     new_means = (means * counts[..., None] + sums) / new_counts.clamp_min(1)[..., None]
     if not grad_through_cache:
         new_means = new_means.detach()
@@ -361,9 +378,8 @@ def _check_state(state: VQAttentionState, q: Tensor, v: Tensor, codebook: Tensor
 
 # --- forms ---------------------------------------------------------------------------------------
 def _bidirectional(q: Tensor, codes: Tensor, v: Tensor, codebook: Tensor) -> Tensor:
-    onehot = _codes_onehot(codes, codebook.shape[-2], q.dtype)  # (…, n, S)
-    counts = onehot.sum(-2)
-    means = torch.matmul(onehot.transpose(-1, -2), v) / counts.clamp_min(1)[..., None]
+    counts, sums = _code_stats(codes, v, codebook.shape[-2])
+    means = sums / counts.clamp_min(1)[..., None]
     logits = torch.matmul(q, codebook.transpose(-1, -2)) + _log_counts(counts)[..., None, :]
     return torch.matmul(torch.softmax(logits, dim=-1), means)
 
@@ -377,6 +393,24 @@ def _window_index(block_len: int, device: torch.device) -> tuple[Tensor, Tensor]
     return r.clamp_min(0), r >= 0
 
 
+def _previous_blocks(x: Tensor, t0: int, t1: int) -> Tensor:
+    """Blocks ``t0 − 1 … t1 − 2`` of ``x`` ``(…, T, ℓ, ·)``, zeros standing in for block −1."""
+    if t0 > 0:
+        return x[..., t0 - 1:t1 - 1, :, :]
+    return torch.cat([torch.zeros_like(x[..., :1, :, :]), x[..., :t1 - 1, :, :]], dim=-3)
+
+
+def _mask_window(wl: Tensor, future: Tensor, first: int, blocks: int, pad: int) -> None:
+    """Hide, in place, the window keys a query may not see: later keys of its own block, the
+    (absent) block before the stream's first block, and the padding of the last block."""
+    ell = future.shape[-1]
+    wl[..., ell:].masked_fill_(future, float("-inf"))
+    if first == 0:
+        wl[..., 0, :, :ell] = float("-inf")
+    if pad and first + wl.shape[-3] == blocks:
+        wl[..., -1, :, 2 * ell - pad:] = float("-inf")
+
+
 def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor, block_len: int,
             bias: Tensor | None, counts0: Tensor, means0: Tensor, grad_through_cache: bool
             ) -> Tensor:
@@ -387,8 +421,10 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
     more back. ``bias`` is ``(…, 1|N, 2ℓ)`` aligned with the stream (or ``None``).
     """
     *lead, n, _d = keys.shape
-    ell, size, dt = block_len, codebook.shape[-2], q.dtype
+    ell, size = block_len, codebook.shape[-2]
     nb = -(-n // ell)
+    if nb == 0:
+        return v.new_zeros(*v.shape[:-2], 0, v.shape[-1])
     pad = nb * ell - n
 
     def blocked(t: Tensor) -> Tensor:
@@ -398,36 +434,37 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
     qb, kb, vb = blocked(q), blocked(keys), blocked(v)
     valid = (torch.arange(nb * ell, device=q.device) < n).reshape(nb, ell)
     cb = F.pad(codes, (0, pad)).reshape(*lead, nb, ell) if pad else codes.reshape(*lead, nb, ell)
-
-    def with_previous(t: Tensor) -> Tensor:  # (…, T, ℓ, x) -> (…, T, 2ℓ, x)
-        prev = torch.cat([torch.zeros_like(t[..., :1, :, :]), t[..., :-1, :, :]], dim=-3)
-        return torch.cat([prev, t], dim=-2)
-
-    kwin, vwin = with_previous(kb), with_previous(vb)
-    wl = torch.matmul(qb, kwin.transpose(-1, -2))  # (…, T, ℓ, 2ℓ)
-    rel, causal = _window_index(ell, q.device)
-    key_ok = torch.cat([torch.cat([torch.zeros_like(valid[:1]), valid[:-1]]), valid], dim=-1)
-    mask = causal[None] & key_ok[:, None, :]  # (T, ℓ, 2ℓ)
-    if bias is not None:
-        if bias.shape[-2] == 1:
-            wl = wl + bias[..., 0, :][..., rel][..., None, :, :]
-        else:
-            bb = blocked(bias)  # (…, T, ℓ, 2ℓ)
-            wl = wl + torch.gather(bb, -1, rel.expand(*bb.shape))
-    wl = wl.masked_fill(~mask, float("-inf"))
-    # cache of block t: counts0/means0 plus stream blocks ≤ t − 2
-    onehot = _codes_onehot(cb, size, dt, valid)  # (…, T, ℓ, S)
-    cum_counts = onehot.sum(-2).cumsum(-2)  # (…, T, S)
-    cum_sums = torch.matmul(onehot.transpose(-1, -2), vb).cumsum(-3)  # (…, T, S, d_v)
-    if not grad_through_cache:
-        cum_sums = cum_sums.detach()
-    counts = counts0[..., None, :] + F.pad(cum_counts, (0, 0, 2, 0))[..., :nb, :]
-    sums = (means0 * counts0[..., None])[..., None, :, :] \
-        + F.pad(cum_sums, (0, 0, 0, 0, 2, 0))[..., :nb, :, :]
-    means = sums / counts.clamp_min(1)[..., None]
     cb_t = codebook.transpose(-1, -2)[..., None, :, :] if codebook.dim() > 2 else codebook.T
-    cl = torch.matmul(qb, cb_t) + _log_counts(counts)[..., None, :]  # (…, T, ℓ, S)
-    out = _joint_softmax(wl, vwin, cl, means)
+    rel, causal = _window_index(ell, q.device)
+    future = ~causal[:, ell:]  # (ℓ, ℓ): keys after the query in its own block
+    if bias is not None:
+        bias = bias[..., 0, :][..., rel][..., None, :, :] if bias.shape[-2] == 1 else \
+            torch.gather(blocked(bias), -1, rel.expand(*blocked(bias).shape))
+    # the cache of block t (counts0/means0 plus the stream's blocks ≤ t − 2) as running sums
+    counts, sums = counts0, means0 * counts0[..., None]
+    # groups of blocks keep the ℓ × (2ℓ + S) logits of a group within _GROUP_ELEMENTS
+    group = max(1, _GROUP_ELEMENTS // (max(1, math.prod(lead)) * ell * (2 * ell + size)))
+    outs = []
+    for t0 in range(0, nb, group):
+        t1 = min(nb, t0 + group)
+        cache_counts, cache_means = [], []
+        for t in range(t0, t1):
+            if t >= 2:  # block t − 2 leaves the window and enters the cache
+                c, u = _code_stats(cb[..., t - 2, :], vb[..., t - 2, :, :], size, valid[t - 2])
+                counts, sums = counts + c, sums + (u if grad_through_cache else u.detach())
+            cache_counts.append(counts)
+            cache_means.append(sums / counts.clamp_min(1)[..., None])
+        qg = qb[..., t0:t1, :, :]
+        kwin = torch.cat([_previous_blocks(kb, t0, t1), kb[..., t0:t1, :, :]], dim=-2)
+        vwin = torch.cat([_previous_blocks(vb, t0, t1), vb[..., t0:t1, :, :]], dim=-2)
+        wl = torch.matmul(qg, kwin.transpose(-1, -2))  # (…, G, ℓ, 2ℓ)
+        if bias is not None:
+            wl = wl + (bias if bias.shape[-3] == 1 else bias[..., t0:t1, :, :])
+        _mask_window(wl, future, t0, nb, pad)
+        log_counts = _log_counts(torch.stack(cache_counts, dim=-2))[..., None, :]
+        cl = torch.matmul(qg, cb_t).add_(log_counts)  # (…, G, ℓ, S)
+        outs.append(_joint_softmax(wl, vwin, cl, torch.stack(cache_means, dim=-3)))
+    out = torch.cat(outs, dim=-3) if len(outs) > 1 else outs[0]
     return out.reshape(*out.shape[:-3], nb * ell, out.shape[-1])[..., :n, :]
 
 
@@ -502,7 +539,7 @@ def _step(q: Tensor, k_hat: Tensor, v: Tensor, codebook: Tensor, state: VQAttent
     if bias is not None:
         r = torch.arange(state.window, -1, -1, device=q.device)  # distances of the window keys
         wl = wl + bias[..., r]
-    cl = torch.matmul(q, codebook.transpose(-1, -2)) + _log_counts(state.counts)[..., None, :]
+    cl = torch.matmul(q, codebook.transpose(-1, -2)).add_(_log_counts(state.counts)[..., None, :])
     return _joint_softmax(wl, vwin, cl, state.means)
 
 

@@ -307,6 +307,29 @@ def test_gradients_without_ste_match_reference_for_q_v_and_codebook(per_head):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("per_query", [False, True])
+def test_window_bias_gradients_match_reference(per_query):
+    ell = 4
+    q, k, v, cb, codes = problem(25, n=19)
+    kh = quantised(k, cb, codes)
+    shape = (2, 3, 19, 2 * ell) if per_query else (3, 1, 2 * ell)
+    bias = torch.randn(*shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    ref = grads(lambda q, b: vq_attention_reference(q, kh, v, block_len=ell, window_bias=b),
+                q, bias)
+    got = grads(lambda q, b: run(q, kh, codes, v, cb, block_len=ell, window_bias=b), q, bias)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    # the decoding step passes the bias gradient too
+    leaf = bias.clone().requires_grad_()
+    _, st = vq_attention(q[..., :18, :], kh[..., :18, :], codes[..., :18], v[..., :18, :], cb,
+                         block_len=ell, use_cache=True)
+    b18 = leaf[..., 18, :] if per_query else leaf[..., 0, :]
+    o, _ = vq_attention_step(q[..., 18, :], kh[..., 18, :], codes[..., 18], v[..., 18, :], cb, st,
+                             window_bias=b18)
+    (o * torch.randn(o.shape, generator=torch.Generator().manual_seed(6), dtype=F64)).sum().backward()
+    assert float(leaf.grad.abs().sum()) > 0
+
+
 def test_straight_through_keys():
     ell = 4
     q, k, v, cb, codes = problem(17, n=18)

@@ -55,6 +55,19 @@ def test_equals_sequential_recurrence(method, dtype, varying, n):
                                    rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("varying", [False, True])
+def test_long_sequences_equal_sequential_in_float64(varying):
+    g = torch.Generator().manual_seed(11)
+    n = 3000
+    steps = n if varying else 1
+    a = torch.polar(0.9 + 0.0999 * torch.rand(2, steps, 4, generator=g, dtype=F64),
+                    6.3 * torch.rand(2, steps, 4, generator=g, dtype=F64))
+    b = inputs(n, C128, g, feat=4)
+    ref = linear_scan(a, b, dim=1)
+    for m in FAST:
+        torch.testing.assert_close(linear_scan(a, b, dim=1, method=m), ref, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("method", ["sequential", *FAST])
 def test_initial_state(method):
     g = torch.Generator().manual_seed(1)

@@ -437,9 +437,11 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
     cb_t = codebook.transpose(-1, -2)[..., None, :, :] if codebook.dim() > 2 else codebook.T
     rel, causal = _window_index(ell, q.device)
     future = ~causal[:, ell:]  # (ℓ, ℓ): keys after the query in its own block
-    if bias is not None:
-        bias = bias[..., 0, :][..., rel][..., None, :, :] if bias.shape[-2] == 1 else \
-            torch.gather(blocked(bias), -1, rel.expand(*blocked(bias).shape))
+    if bias is not None and bias.shape[-2] == 1:  # by distance only: (…, 1, ℓ, 2ℓ)
+        bias = bias[..., 0, :][..., rel][..., None, :, :]
+    elif bias is not None:  # per query: (…, T, ℓ, 2ℓ)
+        bias = blocked(bias)
+        bias = torch.gather(bias, -1, rel.expand(*bias.shape))
     # the cache of block t (counts0/means0 plus the stream's blocks ≤ t − 2) as running sums
     counts, sums = counts0, means0 * counts0[..., None]
     # groups of blocks keep the ℓ × (2ℓ + S) logits of a group within _GROUP_ELEMENTS

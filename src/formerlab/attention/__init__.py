@@ -1,4 +1,4 @@
-"""Token mixers: the kernel entry point, normalisers, masks, MHA/GQA, GAU, Synthesizer, linear attention."""
+"""Token mixers: the kernel entry point, normalisers, masks, MHA/GQA, GAU, Synthesizer, linear attention, Transformer-VQ."""
 
 from .cache import KVCache
 from .config import AttentionConfig
@@ -26,13 +26,24 @@ __all__ = [
 from .gau import GatedAttentionUnit, GAULayer, ScaleOffset
 from .linear import (
     FEATURE_MAPS,
+    LinearAttention,
     LinearAttentionState,
     linear_attention,
     linear_attention_matrix,
+    linear_attention_recurrent,
+    linear_attention_step,
 )
 from .masks import MASKS, build_mask, pcw_position_ids, prefix_segment_ids, register_mask
 from .normalize import attention_entropy, entropy_floor, softmax_plus_factor
 from .synthesizer import SYNTHESIZER_KINDS, SynthesizerAttention
+from .vq import (
+    VQAttentionState,
+    vq_attention,
+    vq_attention_reference,
+    vq_attention_step,
+    vq_commitment_loss,
+    vq_straight_through,
+)
 
 __all__ += [
     "FEATURE_MAPS",
@@ -40,16 +51,25 @@ __all__ += [
     "SYNTHESIZER_KINDS",
     "GAULayer",
     "GatedAttentionUnit",
+    "LinearAttention",
     "LinearAttentionState",
     "ScaleOffset",
     "SynthesizerAttention",
+    "VQAttentionState",
     "attention_entropy",
     "build_mask",
     "entropy_floor",
     "linear_attention",
     "linear_attention_matrix",
+    "linear_attention_recurrent",
+    "linear_attention_step",
     "pcw_position_ids",
     "prefix_segment_ids",
     "register_mask",
     "softmax_plus_factor",
+    "vq_attention",
+    "vq_attention_reference",
+    "vq_attention_step",
+    "vq_commitment_loss",
+    "vq_straight_through",
 ]

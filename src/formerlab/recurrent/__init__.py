@@ -1,0 +1,22 @@
+"""Linear recurrences for long sequences: parallel scans, LRU / SLRU, RWKV's WKV, decoding states.
+
+Low layer: imports only torch, numpy and :mod:`formerlab.registry`.
+"""
+
+from .lru import LRU, SLRU, LRUState, ring_init
+from .rwkv import rwkv_wkv
+from .scan import SCANS, linear_scan, register_scan
+from .state import LayerState, RecurrentState
+
+__all__ = [
+    "LRU",
+    "SCANS",
+    "SLRU",
+    "LRUState",
+    "LayerState",
+    "RecurrentState",
+    "linear_scan",
+    "register_scan",
+    "ring_init",
+    "rwkv_wkv",
+]

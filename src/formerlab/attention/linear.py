@@ -21,7 +21,7 @@ Three causal forms, equal to rounding:
 - :func:`linear_attention_step`: one token, ``O(d_φ·d_v)`` time and memory at any position.
 
 :class:`LinearAttentionState` holds ``S`` ``(B, H, d_φ, d_v)`` and the normaliser ``z``
-``(B, H, d_φ)``, and speaks the layer-state protocol of :mod:`formerlab.recurrent.state`.
+``(B, H, d_φ)``, and speaks the layer-state protocol of :mod:`formerlab.nn.state`.
 :class:`LinearAttention` is the multi-head layer over ``(batch, seq, hidden)``.
 """
 
@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..recurrent.state import RecurrentState
+from ..nn.state import RecurrentState
 from ..registry import Registry
 
 __all__ = [

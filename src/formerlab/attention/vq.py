@@ -58,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..recurrent.state import RecurrentState
+from ..nn.state import RecurrentState
 
 __all__ = [
     "VQAttentionState",
@@ -325,7 +325,7 @@ class VQAttentionState(RecurrentState):
 
     def crop(self, n: int) -> VQAttentionState:
         """Drop back to the first ``n`` tokens while that stays exact (see the class doc)."""
-        target = self._crop_target(n)
+        target = self._check_crop(n)
         folded = self.length - self.window
         needed = max(0, (target // self.block_len - 1) * self.block_len)  # raw from here on
         if needed != folded:

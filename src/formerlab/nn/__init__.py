@@ -2,9 +2,9 @@
 
 from .ffn import FFNS, MLP, SwiGLU, build_ffn
 from .norms import NORMS, RMSNorm, build_norm
-from .state import Growable, LayerState, StateMismatchError
+from .state import Growable, LayerState, RecurrentState, StateMismatchError
 
-__all__ = ["FFNS", "MLP", "NORMS", "Growable", "LayerState", "RMSNorm", "StateMismatchError",
+__all__ = ["FFNS", "MLP", "NORMS", "Growable", "LayerState", "RMSNorm", "RecurrentState", "StateMismatchError",
            "SwiGLU", "build_ffn", "build_norm"]
 
 # --- activations, initialisation, recompute ---

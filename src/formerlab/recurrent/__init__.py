@@ -6,7 +6,7 @@ Low layer: imports only torch, numpy and :mod:`formerlab.registry`.
 from .lru import LRU, SLRU, LRUState, ring_init
 from .rwkv import rwkv_wkv
 from .scan import SCANS, linear_scan, register_scan
-from .state import LayerState, RecurrentState
+from ..nn.state import LayerState, RecurrentState
 
 __all__ = [
     "LRU",

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .scan import SCANS, linear_scan
-from .state import RecurrentState
+from ..nn.state import RecurrentState
 
 __all__ = ["LRU", "SLRU", "LRUState", "ring_init"]
 

@@ -17,6 +17,7 @@ column, e.g. loss vs context, never rises by more than a tolerance) and :class:`
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import statistics
 from collections.abc import Callable, Iterable
@@ -252,7 +253,7 @@ class Trend(Check):
             curve = [s.values.get(seed) for s in stats if s is not None]
             if None in curve or len(curve) < 2:
                 continue
-            held.append(all(sign * (b - a) <= self.tolerance for a, b in zip(curve, curve[1:])))
+            held.append(all(sign * (b - a) <= self.tolerance for a, b in itertools.pairwise(curve)))
         evidence = f"{name}: " + " → ".join(s.fmt(digits=3) for s in stats if s is not None)
         evidence += f" along {self.over} {xs} (tolerance {self.tolerance:g}, {len(held)} seeds)"
         status = (NOT_TESTED if not held else REPRODUCED if all(held)

@@ -3,10 +3,10 @@
 Low layer: imports only torch, numpy and :mod:`formerlab.registry`.
 """
 
+from ..nn.state import LayerState, RecurrentState
 from .lru import LRU, SLRU, LRUState, ring_init
 from .rwkv import rwkv_wkv
 from .scan import SCANS, linear_scan, register_scan
-from ..nn.state import LayerState, RecurrentState
 
 __all__ = [
     "LRU",

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .scan import SCANS, linear_scan
 from ..nn.state import RecurrentState
+from .scan import SCANS, linear_scan
 
 __all__ = ["LRU", "SLRU", "LRUState", "ring_init"]
 

@@ -331,14 +331,19 @@ class CausalLM(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, *, device: str | torch.device | None = None
+        cls, path: str | Path, *, device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> CausalLM:
         """Load a model folder written by :meth:`save_pretrained`, a Hugging Face Llama-family
         folder (``config.json`` with ``model_type`` + safetensors) or a GGUF file.
 
         Foreign formats are converted by :mod:`formerlab.interop.weights` (extra ``hf``).
+        ``dtype`` (e.g. ``torch.bfloat16``) is the weights' dtype; RoPE frequencies stay float32.
         """
         from safetensors.torch import load_file
+
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
 
         path = Path(path)
         cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
@@ -348,7 +353,7 @@ class CausalLM(nn.Module):
         if foreign:
             from ..interop.weights import load_causal_lm_weights
 
-            config, tensors = load_causal_lm_weights(path)
+            config, tensors = load_causal_lm_weights(path, dtype=dtype)
             with torch.device("meta"):  # no random init, no second copy of the weights
                 model = cls(config)
             model.load_weights(tensors, source=str(path), assign=True)
@@ -370,6 +375,9 @@ class CausalLM(nn.Module):
             raise CheckpointError(f"{w_file} is corrupted or not safetensors: {exc}") from exc
         model = cls(config)
         model.load_weights(tensors, source=str(w_file))
+        if dtype is not None:
+            model.to(dtype)
+            model.reset_position_method()  # frequencies back in float32
         return model.to(device) if device is not None else model
 
 

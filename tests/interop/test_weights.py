@@ -17,7 +17,7 @@ gguf = pytest.importorskip("gguf")
 
 from formerlab import ModelConfig  # noqa: E402
 from formerlab.interop import weights  # noqa: E402
-from formerlab.interop.gguf_io import _dequantize_into  # noqa: E402
+from formerlab.interop.gguf_io import _read_into, _TensorInfo  # noqa: E402
 from formerlab.interop.weights import (  # noqa: E402
     PACKAGED_WEIGHTS,
     load_causal_lm_weights,
@@ -185,19 +185,26 @@ def test_truncated_tensor_data_is_named(tmp_path):
         load_causal_lm_weights(path)
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0"])
-def test_dequantise_in_row_blocks_equals_whole_tensor(qtype):
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "F32"])
+def test_read_in_row_blocks_equals_whole_tensor(tmp_path, qtype):
     from gguf.quants import dequantize, quantize
 
     q = getattr(gguf.GGMLQuantizationType, qtype)
     x = torch.randn(37, 64, generator=torch.Generator().manual_seed(0)).numpy()
     raw = quantize(x, q)
     whole = torch.from_numpy(dequantize(raw, q).reshape(37, 64))
-    for chunk in (64, 5 * 64, 1 << 20):  # one row, several rows, everything per block
-        out = torch.empty(37, 64)
-        _dequantize_into(out, raw, q, chunk_elems=chunk)
-        assert torch.equal(out, whole)
-    assert (whole - torch.from_numpy(x)).abs().max() < 0.5  # a real quantisation round trip
+    path = tmp_path / "t.bin"
+    path.write_bytes(b"pad" + raw.tobytes() + b"tail")
+    info = _TensorInfo("w", q, (37, 64), raw.shape, raw.dtype, 3, raw.nbytes)
+    with path.open("rb") as fh:
+        for chunk in (64, 5 * 64, 1 << 20):  # a row, several rows, the whole tensor per block
+            out = torch.empty(37, 64)
+            _read_into(fh, info, out, bytearray(), chunk_elems=chunk)
+            assert torch.equal(out, whole)
+        bf16 = torch.empty(37, 64, dtype=torch.bfloat16)
+        _read_into(fh, info, bf16, bytearray(), chunk_elems=5 * 64)
+        assert torch.equal(bf16, whole.to(torch.bfloat16))
+    assert 0 < (whole - torch.from_numpy(x)).abs().max() < 0.5 or qtype == "F32"
 
 
 # --- packaged weights -------------------------------------------------------------------------

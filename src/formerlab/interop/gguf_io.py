@@ -3,14 +3,15 @@
 - :func:`open_gguf`: a ``gguf.GGUFReader`` on a file checked to be GGUF (the magic bytes first), so a
   junk or truncated file raises :class:`~formerlab.models.CheckpointError` naming it.
 - :func:`read_gguf_config`: the :class:`~formerlab.config.ModelConfig` of a ``llama`` file.
-- :func:`load_gguf_weights`: ``(config, tensors)`` named like ``CausalLM``.
+- :func:`read_gguf_header`, :func:`read_gguf_tensors`: the config and tensor table, then the
+  tensors (named like ``CausalLM``) written into given destination tensors, e.g. the parameters
+  of a model built without initialisation (:func:`formerlab.interop.weights.load_causal_lm`).
 
 Memory: ``gguf.GGUFReader`` parses every metadata array into numpy pieces (≈160 MB and seconds
 for a 49k-token vocabulary) and memory-maps the tensor data. The loader keeps only the tensor
-table (name, type, shape, offset), drops the reader, then reads each tensor's bytes with plain file
-reads into one reused buffer and dequantises it, a block of rows at a time, straight into its
-destination tensor (float32 or the requested ``dtype``). The peak is about the destination model
-plus one quantised tensor. llama.cpp stores the q/k projections permuted to the interleaved RoPE
+table (name, type, shape, offset), drops the reader, then reads each tensor with plain file reads,
+a block of rows at a time, and dequantises each block straight into its destination parameter
+(float32 or the requested ``dtype``). The peak is about the destination model plus one block. llama.cpp stores the q/k projections permuted to the interleaved RoPE
 layout; they are converted back to the half layout (Hugging Face's) with
 :func:`formerlab.position.rope.convert_rope_layout`. ``gguf`` is imported lazily.
 """
@@ -31,9 +32,10 @@ from ..position.rope import convert_rope_layout
 __all__ = [
     "SUPPORTED_GGUF_ARCHITECTURES",
     "gguf_field",
-    "load_gguf_weights",
     "open_gguf",
     "read_gguf_config",
+    "read_gguf_header",
+    "read_gguf_tensors",
 ]
 
 SUPPORTED_GGUF_ARCHITECTURES = ("llama",)
@@ -145,55 +147,69 @@ def _tensor_table(reader: Any) -> list[_TensorInfo]:
     ]
 
 
-def _dequantize_into(dst: Tensor, raw: Any, qtype: Any, chunk_elems: int = 1 << 20) -> None:
-    """Dequantise ``raw`` into ``dst`` a block of rows at a time (the transient is one block)."""
+def _read_into(fh: Any, t: _TensorInfo, dst: Tensor, buf: bytearray, chunk_elems: int = 1 << 19) -> None:
+    """Read tensor ``t`` from the open file ``fh`` and dequantise it into ``dst``, a block of rows
+    at a time: the transient memory is one block's bytes (in ``buf``, grown as needed) and its
+    float32 values, whatever the tensor's size."""
+    import numpy as np
     from gguf.quants import dequantize
 
     shape = tuple(dst.shape)
-    if raw.ndim >= 2 and dst.dim() >= 2 and raw.shape[0] == shape[0]:
-        step = max(1, chunk_elems // max(1, dst[0].numel()))
-        for i in range(0, shape[0], step):
-            block = dequantize(raw[i:i + step], qtype)
-            dst[i:i + step] = torch.from_numpy(block.reshape(-1, *shape[1:]))
-    else:
-        dst.copy_(torch.from_numpy(dequantize(raw, qtype).reshape(shape)))
+    rows = t.raw_shape[0] if len(t.raw_shape) >= 2 and len(shape) >= 2 and t.raw_shape[0] == shape[0] else 1
+    row_bytes, row_elems = t.n_bytes // rows, dst.numel() // rows
+    step = max(1, chunk_elems // max(1, row_elems))
+    fh.seek(t.offset)
+    for i in range(0, rows, step):
+        n = min(step, rows - i)
+        if len(buf) < n * row_bytes:
+            buf.extend(bytes(n * row_bytes - len(buf)))
+        view = memoryview(buf)[:n * row_bytes]
+        if fh.readinto(view) != n * row_bytes:
+            from ..models.lm import CheckpointError
+
+            raise CheckpointError(f"{fh.name} is truncated: tensor {t.name} needs {t.n_bytes} bytes "
+                                  f"at offset {t.offset}")
+        raw = np.frombuffer(view, dtype=t.raw_dtype).reshape((n, *t.raw_shape[1:]) if rows > 1 else t.raw_shape)
+        block = torch.from_numpy(dequantize(raw, t.qtype))
+        if rows > 1:
+            dst[i:i + n] = block.reshape(n, *shape[1:])
+        else:
+            dst.copy_(block.reshape(shape))
 
 
-def load_gguf_weights(path: str | Path, dtype: torch.dtype | None = None
-                      ) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """``(ModelConfig, tensors named like CausalLM)`` of a GGUF file, in ``dtype`` (default float32).
+def read_gguf_header(path: str | Path) -> tuple[ModelConfig, list[_TensorInfo]]:
+    """``(config, tensor table)`` of a GGUF file; the reader (its metadata and memory map) is
+    released before returning.
 
     Raises:
         CheckpointError: not a (readable) GGUF file.
-        ValueError: unsupported architecture, missing or unexpected tensors.
+        ValueError: unsupported architecture or rope scaling.
     """
-    import numpy as np
-
-    from .weights import check_tensor_names, expected_causal_lm_names
-
-    path = Path(path)
     reader = open_gguf(path)
     config = read_gguf_config(reader)
     table = _tensor_table(reader)
-    del reader  # its metadata pieces and memory map go now, before the weights are allocated
+    del reader
     gc.collect()
-    check_tensor_names(expected_causal_lm_names(config), {t.name for t in table}, str(path))
+    return config, table
+
+
+def read_gguf_tensors(path: str | Path, table: list[_TensorInfo], dst: dict[str, Tensor],
+                      config: ModelConfig) -> None:
+    """Fill ``dst[name]`` (any floating dtype) in place with each tensor of ``table``.
+
+    Each tensor is read and dequantised straight into its destination a block of rows at a time
+    (one reused byte buffer); the q/k projections (llama.cpp's interleaved RoPE
+    layout) go through one temporary to be permuted back to the half layout.
+    """
+    path = Path(path)
     head_dim, rot = config.dim_per_head, config.rotary_dim
-    buf = bytearray(max(t.n_bytes for t in table))
-    tensors: dict[str, Tensor] = {}
+    buf = bytearray()
     with path.open("rb") as fh:
         for t in table:
-            fh.seek(t.offset)
-            view = memoryview(buf)[:t.n_bytes]
-            if fh.readinto(view) != t.n_bytes:
-                from ..models.lm import CheckpointError
-
-                raise CheckpointError(f"{path} is truncated: tensor {t.name} needs {t.n_bytes} bytes "
-                                      f"at offset {t.offset}")
-            raw = np.frombuffer(view, dtype=t.raw_dtype).reshape(t.raw_shape)
-            w = torch.empty(t.shape, dtype=dtype or torch.float32)
-            _dequantize_into(w, raw, t.qtype)
+            out = dst[t.name]
             if t.name.endswith(("q_proj.weight", "k_proj.weight", "q_proj.bias", "k_proj.bias")):
-                w = convert_rope_layout(w, head_dim, "interleaved", "half", rotary_dim=rot).contiguous()
-            tensors[t.name] = w
-    return config, tensors
+                tmp = torch.empty(t.shape)
+                _read_into(fh, t, tmp, buf)
+                out.copy_(convert_rope_layout(tmp, head_dim, "interleaved", "half", rotary_dim=rot))
+            else:
+                _read_into(fh, t, out, buf)

@@ -29,7 +29,12 @@ from torch import Tensor
 
 from ..config import ModelConfig
 from ..registry import Registry
-from .gguf_io import SUPPORTED_GGUF_ARCHITECTURES, load_gguf_weights, read_gguf_config
+from .gguf_io import (
+    SUPPORTED_GGUF_ARCHITECTURES,
+    read_gguf_config,
+    read_gguf_header,
+    read_gguf_tensors,
+)
 from .gguf_tokenizer import GGUFTokenizer
 
 __all__ = [
@@ -39,7 +44,9 @@ __all__ = [
     "SUPPORTED_HF_DECODER_TYPES",
     "GGUFTokenizer",
     "PackagedWeights",
+    "empty_causal_lm",
     "expected_causal_lm_names",
+    "load_causal_lm",
     "load_causal_lm_weights",
     "load_encoder_weights",
     "packaged_weights",
@@ -105,13 +112,60 @@ def _check_dtype(dtype: Any) -> None:
         raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16) or None, got {dtype!r}")
 
 
-def expected_causal_lm_names(config: ModelConfig) -> set[str]:
-    """The tensor names ``CausalLM(config).load_weights`` expects (built on the meta device)."""
-    from ..models.lm import CausalLM
+class _NoParameterWrites(torch.overrides.TorchFunctionMode):
+    """Skips the initialisation of parameters while a model is built: ``torch.nn.init.*`` and
+    in-place tensor methods (``normal_``, ``zero_``, ``mul_`` …) applied to an ``nn.Parameter``.
 
-    with torch.device("meta"):
-        model = CausalLM(config)
-    return set(model.weights_state_dict())
+    The parameters stay ``torch.empty``: their pages are never touched, so the skeleton costs no
+    resident memory until the real weights are written into it.
+    """
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        target = args[0] if args else kwargs.get("tensor")
+        name = getattr(func, "__name__", "")
+        in_place = name.endswith("_") and not name.startswith("__")
+        if isinstance(target, torch.nn.Parameter) and (
+            in_place or getattr(func, "__module__", None) == "torch.nn.init"
+        ):
+            return target
+        return func(*args, **kwargs)
+
+
+def empty_causal_lm(config: ModelConfig, cls: type | None = None, dtype: torch.dtype | None = None) -> Any:
+    """``cls(config)`` (default :class:`~formerlab.models.CausalLM`) with **uninitialised** parameters
+    in ``dtype`` (default float32); buffers such as the RoPE frequencies are built as usual.
+
+    A skeleton to write real weights into (:func:`load_causal_lm`): no random initialisation runs
+    and no parameter memory is resident until written.
+    """
+    _check_dtype(dtype)
+    if cls is None:
+        from ..models.lm import CausalLM as cls
+    with _NoParameterWrites():
+        model = cls(config)
+    if dtype is not None:
+        for p in model.parameters():  # shared (tied) parameters are listed once
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = torch.empty(p.shape, dtype=dtype, device=p.device)
+    return model
+
+
+def _destinations(model: Any, names: set[str], shapes: dict[str, tuple[int, ...]], source: str
+                  ) -> dict[str, Tensor]:
+    """The model's tensors to write each checkpoint tensor into (names and shapes checked)."""
+    own = model.state_dict()  # detached views sharing the parameters' storage
+    dst = {k: own[k] for k in model.weights_state_dict()}
+    check_tensor_names(set(dst), names, source)
+    bad = {k: (shapes[k], tuple(dst[k].shape)) for k in names if tuple(dst[k].shape) != shapes[k]}
+    if bad:
+        raise ValueError(f"{source}: tensor shapes (file, model) differ: {dict(list(bad.items())[:5])}")
+    return dst
+
+
+def expected_causal_lm_names(config: ModelConfig) -> set[str]:
+    """The tensor names ``CausalLM(config).load_weights`` expects."""
+    return set(empty_causal_lm(config).weights_state_dict())
 
 
 # --- Hugging Face Llama-family folders -----------------------------------------------------------
@@ -198,33 +252,40 @@ def _iter_folder_tensors(folder: Path) -> Iterator[tuple[str, Tensor]]:
                 yield name, fh.get_tensor(name)
 
 
-def _load_hf_decoder(folder: Path, dtype: torch.dtype | None) -> tuple[ModelConfig, dict[str, Tensor]]:
+def _read_hf_decoder(folder: Path, dtype: torch.dtype | None, cls: type | None) -> Any:
     cfg = json.loads((folder / "config.json").read_text())
     config = _hf_decoder_config(cfg)
-    tensors: dict[str, Tensor] = {}
-    for name, t in _iter_folder_tensors(folder):
+    model = empty_causal_lm(config, cls, dtype)
+    own = model.state_dict()
+    dst = {k: own[k] for k in model.weights_state_dict()}
+    seen: dict[str, tuple[int, ...]] = {}
+    for name, t in _iter_folder_tensors(folder):  # one tensor at a time, into its parameter
         new = _rename(name, _HF_DECODER_MAP, _HF_IGNORED)
-        if new is None:
+        if new is None or (new == "lm_head.weight" and config.tie_word_embeddings):
             continue
-        if new == "lm_head.weight" and config.tie_word_embeddings:
-            continue
-        tensors[new] = t.to(dtype or torch.float32) if t.is_floating_point() else t
-    if cfg.get("model_type") == "qwen2":
+        seen[new] = tuple(t.shape)
+        if new in dst and tuple(dst[new].shape) == seen[new]:
+            dst[new].copy_(t)
+    if cfg.get("model_type") == "qwen2":  # no o bias in the file: zero (exact)
         for i in range(config.num_layers):
-            o = tensors.get(f"layers.{i}.self_attn.o_proj.weight")
-            if o is not None:
-                tensors.setdefault(f"layers.{i}.self_attn.o_proj.bias", o.new_zeros(o.shape[0]))
-    check_tensor_names(expected_causal_lm_names(config), set(tensors), str(folder))
-    return config, tensors
+            name = f"layers.{i}.self_attn.o_proj.bias"
+            if name in dst and name not in seen:
+                dst[name].zero_()
+                seen[name] = tuple(dst[name].shape)
+    _destinations(model, set(seen), seen, str(folder))  # raises on missing/unexpected/shapes
+    return model
 
 
-def load_causal_lm_weights(path: str | Path, dtype: torch.dtype | None = None
-                           ) -> tuple[ModelConfig, dict[str, Tensor]]:
-    """``(ModelConfig, tensors named like CausalLM)`` from a HF folder or a GGUF file.
+def load_causal_lm(path: str | Path, *, dtype: torch.dtype | None = None, cls: type | None = None) -> Any:
+    """A :class:`~formerlab.models.CausalLM` (or ``cls``) with the weights of a HF folder or GGUF file.
+
+    The model is built without initialisation and each checkpoint tensor is written (dequantised,
+    cast to ``dtype``) straight into its parameter, so the peak memory is about the model itself.
 
     Args:
         path: A Hugging Face folder (``config.json`` + weights) or a ``.gguf`` file.
-        dtype: Floating dtype of the returned tensors (default float32).
+        dtype: Floating dtype of the parameters (default float32); RoPE frequencies stay float32.
+        cls: The model class (a ``CausalLM`` subclass); default ``CausalLM``.
 
     Raises:
         ValueError: unsupported architecture/model type (naming the supported ones), missing or
@@ -234,10 +295,22 @@ def load_causal_lm_weights(path: str | Path, dtype: torch.dtype | None = None
     _check_dtype(dtype)
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":
-        return load_gguf_weights(path, dtype)
+        config, table = read_gguf_header(path)
+        model = empty_causal_lm(config, cls, dtype)
+        dst = _destinations(model, {t.name for t in table}, {t.name: t.shape for t in table}, str(path))
+        read_gguf_tensors(path, table, dst, config)
+        return model
     if path.is_dir() and (path / "config.json").is_file():
-        return _load_hf_decoder(path, dtype)
+        return _read_hf_decoder(path, dtype, cls)
     raise ValueError(f"{path} is neither a .gguf file nor a folder with config.json")
+
+
+def load_causal_lm_weights(path: str | Path, dtype: torch.dtype | None = None
+                           ) -> tuple[ModelConfig, dict[str, Tensor]]:
+    """``(ModelConfig, tensors named like CausalLM)`` from a HF folder or a GGUF file (see
+    :func:`load_causal_lm`; the tensors are the parameters of the model it builds)."""
+    model = load_causal_lm(path, dtype=dtype)
+    return model.config, model.weights_state_dict()
 
 
 # --- BERT-family encoders --------------------------------------------------------------------------

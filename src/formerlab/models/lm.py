@@ -350,17 +350,10 @@ class CausalLM(nn.Module):
         foreign = path.suffix == ".gguf" or (
             cfg_file.is_file() and "model_type" in json.loads(cfg_file.read_text() or "{}")
         )
-        if foreign:
-            from ..interop.weights import load_causal_lm_weights
+        if foreign:  # built without initialisation, each tensor written into its parameter
+            from ..interop.weights import load_causal_lm
 
-            config, tensors = load_causal_lm_weights(path, dtype=dtype)
-            with torch.device("meta"):  # no random init, no second copy of the weights
-                model = cls(config)
-            model.load_weights(tensors, source=str(path), assign=True)
-            del tensors
-            if model.rotary is not None:  # non-persistent buffer: rebuild it off the meta device
-                model.rotary.inv_freq = torch.empty(0)
-                model.reset_position_method()
+            model = load_causal_lm(path, dtype=dtype, cls=cls)
             return model.to(device) if device is not None else model
         for f in (cfg_file, w_file):
             if not f.is_file():

@@ -122,6 +122,9 @@ def _numeric_isolated(hf, text):
 
 @needs_smol
 def test_gguf_tokenizer_matches_transformers(smol_tokenizers):
+    if tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (5, 18):
+        pytest.skip("transformers < 5.18 builds GGUF tokenizers by architecture (and adds a BOS the "
+                    "file does not ask for)")
     hf, ours = smol_tokenizers
     msgs = [{"role": "user", "content": "Hi! ¿Qué tal? 12345"}]
     chat = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)

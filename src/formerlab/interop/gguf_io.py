@@ -18,7 +18,6 @@ layout; they are converted back to the half layout (Hugging Face's) with
 
 from __future__ import annotations
 
-import gc
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -188,8 +187,7 @@ def read_gguf_header(path: str | Path) -> tuple[ModelConfig, list[_TensorInfo]]:
     reader = open_gguf(path)
     config = read_gguf_config(reader)
     table = _tensor_table(reader)
-    del reader
-    gc.collect()
+    del reader  # no reference cycles: its metadata and memory map go now
     return config, table
 
 

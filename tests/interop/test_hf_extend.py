@@ -1,7 +1,7 @@
 """extend_context on tiny random transformers Llama models (no downloads).
 
 The cache keyword of transformers' forward changed (``past_key_values`` → ``cache`` in 5.24); the
-helpers below pass it under the installed spelling so the file runs on 5.0 … 5.24.
+functions below pass it under the installed spelling so the file runs on 5.0 … 5.24.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Loading tiny checkpoints written here: Hugging Face Llama / Qwen2 folders (against transformers),
-GGUF files (errors, dtypes, dequantisation), and the packaged-weights helper."""
+GGUF files (errors, dtypes, dequantisation), and packaged_weights."""
 
 from __future__ import annotations
 

@@ -1,22 +1,55 @@
-"""extend_context on tiny random transformers Llama models (no downloads)."""
+"""extend_context on tiny random transformers Llama models (no downloads).
+
+The cache keyword of transformers' forward changed (``past_key_values`` → ``cache`` in 5.24); the
+functions below pass it under the installed spelling so the file runs on 5.0 … 5.24.
+"""
 
 from __future__ import annotations
+
+import inspect
+import os
 
 import pytest
 import torch
 
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 transformers = pytest.importorskip("transformers")
 
 from formerlab.interop.hf import SUPPORTED_MODEL_TYPES, extend_context  # noqa: E402
+from formerlab.position.relative import (  # noqa: E402
+    IdentityMap,
+    LeakyReRoPEMap,
+    ReRoPEMap,
+    naive_relpos_attention,
+)
 
 N = 40  # > max_position_embeddings = 16, so every schedule is active
 
 
+def step(m, ids, out=None, **kw):
+    """One forward continuing ``out``'s cache (whatever the installed keyword is called)."""
+    name = "cache" if "cache" in inspect.signature(type(m).forward).parameters else "past_key_values"
+    if out is not None:
+        kw[name] = out[name]
+    return m(ids, use_cache=True, **kw)
+
+
+def prefill_then_decode(m, ids, start):
+    with torch.no_grad():
+        out = step(m, ids[:, :start])
+        steps = [out.logits]
+        for t in range(start, ids.shape[1]):
+            out = step(m, ids[:, t:t + 1], out)
+            steps.append(out.logits)
+    return torch.cat(steps, 1)
+
+
 def config(attn="eager", **kw):
     kw.setdefault("num_hidden_layers", 2)
+    kw.setdefault("max_position_embeddings", 16)
     cfg = transformers.LlamaConfig(
         vocab_size=97, hidden_size=64, intermediate_size=128, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=16, **kw,
+        num_key_value_heads=2, **kw,
     )
     cfg._attn_implementation = attn
     return cfg
@@ -71,7 +104,7 @@ def _state(m):
 def test_remove_restores_exactly(model, ids):
     before, base = _state(model), logits(model, ids)
     handles = [extend_context(model, "yarn", factor=4.0, logn_train_len=8),
-               extend_context(model, "dynamic", factor=2.0),
+               extend_context(model, "dynamic", factor=2.0, replace_scaling=True),
                extend_context(model, "leaky", window=4, factor=8.0)]
     with pytest.raises(RuntimeError, match="reverse"):
         handles[0].remove()
@@ -103,13 +136,8 @@ def test_rerope_window_covering_sequence_is_unpatched(model, ids, attn):
 def test_prefill_then_decode_equals_full_forward(model, ids, method, params):
     with extend_context(model, method, **params):
         full = logits(model, ids)
-        with torch.no_grad():
-            out = model(ids[:, :27], use_cache=True)
-            steps = [out.logits]
-            for t in range(27, N):
-                out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-                steps.append(out.logits)
-    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+        decoded = prefill_then_decode(model, ids, 27)
+    torch.testing.assert_close(decoded, full, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(full, logits(model, ids), atol=1e-4)
 
 
@@ -120,21 +148,15 @@ def test_logn_dagger_identity_within_train_len_and_cache(model, ids):
     with extend_context(model, "logn", train_len=8):
         full = logits(model, ids)
         torch.testing.assert_close(full[:, :8], base[:, :8], rtol=1e-6, atol=1e-6)
-        with torch.no_grad():
-            out = model(ids[:, :10], use_cache=True)
-            steps = [out.logits]
-            for t in range(10, N):
-                out = model(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-                steps.append(out.logits)
-        torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(prefill_then_decode(model, ids, 10), full, rtol=1e-5, atol=1e-5)
 
 
 def _decode_errors(m, ids, start=20, stop=30):
     errs = []
     with torch.no_grad():
-        out = m(ids[:, :start], use_cache=True)
+        out = step(m, ids[:, :start])
         for t in range(start, stop):
-            out = m(ids[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+            out = step(m, ids[:, t:t + 1], out)
             errs.append((out.logits[:, -1] - m(ids[:, :t + 1]).logits[:, -1]).abs().max().item())
     return max(errs)
 
@@ -203,3 +225,141 @@ def test_qwen2_family(ids):
     m2.load_state_dict(m.state_dict())
     torch.testing.assert_close(patched, logits(m2, ids), rtol=1e-5, atol=1e-5)
     assert torch.equal(logits(m, ids), base)
+
+
+# --- ReRoPE against the per-pair oracle on the HF layer's own projections ---------------------
+def _record_attention(m):
+    """Forward hooks collecting every attention call's input hidden states and output."""
+    calls = {i: ([], []) for i in range(len(m.model.layers))}
+
+    def hook(i):
+        def fn(module, args, kwargs, out):
+            calls[i][0].append(kwargs["hidden_states"] if "hidden_states" in kwargs else args[0])
+            calls[i][1].append(out[0])
+        return fn
+
+    handles = [layer.self_attn.register_forward_hook(hook(i), with_kwargs=True)
+               for i, layer in enumerate(m.model.layers)]
+    return calls, handles
+
+
+def _oracle(m, attn, h, relpos, key_keep=None):
+    """``o_proj(naive_relpos_attention(q, k, v))`` with q/k/v from the layer's projections."""
+    b, n, _ = h.shape
+    split = lambda x: x.view(b, n, -1, attn.head_dim).transpose(1, 2)  # noqa: E731
+    q, k, v = split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h))
+    pos = torch.arange(n)
+    mask = (pos[None, :] <= pos[:, None])[None, None]
+    if key_keep is not None:
+        mask = mask & key_keep[:, None, None, :]
+    out = naive_relpos_attention(q, k, v, q_positions=pos, k_positions=pos, relpos=relpos, mask=mask,
+                                 inv_freq=m.model.rotary_emb.inv_freq, scale=attn.scaling)
+    return attn.o_proj(out.to(h.dtype).transpose(1, 2).reshape(b, n, -1))
+
+
+@pytest.fixture(scope="module")
+def sharp():
+    """Larger weights than the default init: peaked attention, so the window visibly matters."""
+    torch.manual_seed(2)
+    return transformers.LlamaForCausalLM(config(initializer_range=0.25)).eval()
+
+
+@pytest.mark.parametrize("method,params,relpos", [
+    ("rerope", {"window": 5}, ReRoPEMap(5)),
+    ("leaky", {"window": 4, "factor": 8.0}, LeakyReRoPEMap(4, 8.0)),
+])
+@pytest.mark.parametrize("mode", ["full", "padded", "decode"])
+def test_window_below_length_matches_naive_oracle(sharp, ids, method, params, relpos, mode):
+    model = sharp
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    if mode == "padded":
+        keep[1, :3] = False  # left padding in row 1: the general masked path
+    calls, hooks = _record_attention(model)
+    try:
+        with extend_context(model, method, **params), torch.no_grad():
+            if mode == "decode":
+                prefill_then_decode(model, ids, 27)
+            else:
+                model(ids, attention_mask=keep.long())
+    finally:
+        for hk in hooks:
+            hk.remove()
+    rows = keep[:, :, None].expand(-1, -1, model.config.hidden_size)  # padded queries are undefined
+    for i, layer in enumerate(model.model.layers):
+        h, got = torch.cat(calls[i][0], 1), torch.cat(calls[i][1], 1)
+        assert h.shape[1] == N
+        with torch.no_grad():
+            ref = _oracle(model, layer.self_attn, h, relpos, keep)
+            plain = _oracle(model, layer.self_attn, h, IdentityMap(), keep)
+        torch.testing.assert_close(got[rows], ref[rows], rtol=1e-5, atol=1e-5)
+        assert (plain - ref)[rows].abs().max() > 0.1  # the window is active
+
+
+def test_cache_found_under_either_keyword(model, ids):
+    # the attention module called directly, with the cache under the current keyword and under the
+    # deprecated one (which the replaced forward receives in **kwargs)
+    attn, rot = model.model.layers[0].self_attn, model.model.rotary_emb
+    h = torch.randn(2, 9, model.config.hidden_size, generator=torch.Generator().manual_seed(3))
+    names = [n for n in ("cache", "past_key_values") if n in inspect.signature(type(attn).forward).parameters]
+    assert len(names) == 1
+    outs = []
+    with extend_context(model, "rerope", window=3), torch.no_grad():
+        for name in ("cache", "past_key_values"):
+            cache = transformers.DynamicCache()
+            pieces = []
+            for lo, hi in ((0, 6), (6, 7), (7, 9)):
+                pos = torch.arange(lo, hi)[None]
+                pieces.append(attn(hidden_states=h[:, lo:hi], position_embeddings=rot(h, pos),
+                                   attention_mask=None, position_ids=pos, **{name: cache})[0])
+            assert cache.get_seq_length(0) == 9
+            outs.append(torch.cat(pieces, 1))
+        full = attn(hidden_states=h, position_embeddings=rot(h, torch.arange(9)[None]), attention_mask=None,
+                    position_ids=torch.arange(9)[None])[0]
+    torch.testing.assert_close(outs[0], full, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[1], full, rtol=1e-5, atol=1e-5)
+
+
+def test_static_cache_is_refused(model, ids):
+    cache = transformers.StaticCache(config=model.config, max_cache_len=64)
+    with extend_context(model, "rerope", window=5), torch.no_grad():
+        name = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+        with pytest.raises(ValueError, match="DynamicCache"):
+            model(ids[:, :8], use_cache=True, **{name: cache})
+
+
+# --- YaRN and friends on a model that already scales its rope ---------------------------------
+LLAMA31 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+           "original_max_position_embeddings": 16, "rope_theta": 10000.0}
+
+
+def test_existing_scaling_refused_unless_replaced(model, ids):
+    # a Llama-3.1-style config: max_position_embeddings = 8 × the training length L0 = 16
+    m = transformers.LlamaForCausalLM(config(max_position_embeddings=128, rope_parameters=dict(LLAMA31))).eval()
+    m.load_state_dict(model.state_dict())
+    base = logits(m, ids)
+    with pytest.raises(ValueError, match=r"llama3.*replace_scaling=True"):
+        extend_context(m, "yarn", factor=4.0)
+    assert torch.equal(logits(m, ids), base)  # untouched
+    with extend_context(m, "yarn", factor=4.0, replace_scaling=True):
+        ours = logits(m, ids)
+    ref = transformers.LlamaForCausalLM(config(max_position_embeddings=128, rope_parameters={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16, "rope_theta": 10000.0,
+    })).eval()
+    ref.load_state_dict(model.state_dict())
+    torch.testing.assert_close(ours, logits(ref, ids), rtol=1e-5, atol=1e-5)  # L0 = 16, not 128
+    with pytest.raises(TypeError, match="replace_scaling"):
+        extend_context(m, "yarn", factor=4.0, replace_scaling="yes")
+    with extend_context(model, "linear", factor=2.0), pytest.raises(ValueError, match="active handle"):
+        extend_context(model, "ntk_mixed", factor=4.0)
+
+
+def test_original_length_from_config_without_replacing(model, ids):
+    # L0 stated by the config but no scaling in force: yarn uses L0 = 16, not Lmax = 128
+    cfg = config(max_position_embeddings=128)
+    cfg.original_max_position_embeddings = 16
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    m.load_state_dict(model.state_dict())
+    with extend_context(m, "yarn", factor=4.0):
+        ours = logits(m, ids)
+    ref = twin(model, rope_type="yarn", factor=4.0, original_max_position_embeddings=16)
+    torch.testing.assert_close(ours, logits(ref, ids), rtol=1e-5, atol=1e-5)

@@ -1,19 +1,27 @@
 """Extend the context of Hugging Face Llama-family models with formerlab's position methods.
 
-``extend_context(model, method, **params) -> handle`` patches a loaded transformers (5.x) model in
-place; ``handle.remove()`` restores it exactly. Methods:
+``extend_context(model, method, **params) -> handle`` patches a loaded transformers model in place
+(tested with transformers 5.0 … 5.24); ``handle.remove()`` restores it exactly. Methods:
 
 - any rope schedule of :data:`formerlab.position.ROPE_SCHEDULES` (``linear``/``pi``, ``ntk_old``,
   ``ntk_aware``, ``ntk_fixed``, ``ntk_mixed``, ``dynamic``, ``yarn``, ``llama3``, ``longrope``, …):
   the rotary module's ``inv_freq``/``original_inv_freq`` buffers and ``attention_scaling`` are
-  replaced (recomputed per forward for length-dependent schedules). kexue.fm/archives/9675, 9706.
+  replaced (recomputed per forward for length-dependent schedules). The training length ``L0``
+  comes from the config's ``original_max_position_embeddings`` when it has one. A model that already
+  scales its rope (``rope_type`` ≠ ``"default"``, e.g. Llama 3.1's ``llama3``) is refused unless
+  ``replace_scaling=True``: the schedule is then computed from the unscaled ``rope_theta``.
+  kexue.fm/archives/9675, 9706.
 - ``"logn"`` (alias ``"logn_dagger"``): log-n† query scaling ``max(1, log_{train_len}(pos + 1))``
   (kexue.fm/archives/9706): a pre-hook on the rotary module captures the position ids, forward
   hooks on every ``q_proj`` scale the queries (keys and the KV cache are untouched).
 - ``"rerope"`` / ``"leaky"``: ReRoPE / Leaky ReRoPE (kexue.fm/archives/9708) by replacing each
-  attention module's ``forward``. While patched, the model's KV cache holds **un-rotated** keys
-  (rotated at read time), so prefill-then-decode equals the full forward and length-dependent
-  schedules stay exact. Do not carry a cache across ``extend_context``/``remove()``.
+  attention module's ``forward``. The replacement reads its arguments through the installed
+  class's own ``forward`` signature (``inspect.signature``), so the cache is found whatever its
+  keyword (``cache`` from transformers 5.24, ``past_key_values`` before, or a deprecated spelling
+  passed by keyword). While patched, the model's KV cache holds **un-rotated** keys (rotated at read
+  time), so prefill-then-decode equals the full forward and length-dependent schedules stay exact.
+  The cache must grow by concatenation (``DynamicCache``); a static cache raises. Do not carry a
+  cache across ``extend_context``/``remove()``.
 
 Every method accepts ``logn_train_len=`` to add log-n† on top (the bojone/rerope recipe). Handles
 may be stacked and must be removed in reverse order. transformers is imported lazily.
@@ -21,6 +29,7 @@ may be stacked and must be removed in reverse order. transformers is imported la
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from types import MethodType
 from typing import Any
@@ -106,6 +115,34 @@ def _locate(model: nn.Module) -> tuple[Any, nn.Module, list[nn.Module]]:
     return config, rotary, [layer.self_attn for layer in layers]
 
 
+def _config_rope(config: Any) -> dict[str, Any]:
+    """The config's rope dict: ``rope_parameters`` (transformers 5) or ``rope_scaling`` (4.x)."""
+    return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+
+
+def _original_length(config: Any) -> int | None:
+    """The training length L0 the config states, if any (a top-level field wins, as in transformers)."""
+    top = getattr(config, "original_max_position_embeddings", None)
+    if top is not None:
+        return int(top)
+    inner = _config_rope(config).get("original_max_position_embeddings")
+    return None if inner is None else int(inner)
+
+
+def _existing_scaling(model: nn.Module, config: Any, rotary: nn.Module) -> str | None:
+    """A description of the rope scaling already in force, or ``None`` for plain RoPE."""
+    for h in reversed(getattr(model, "_formerlab_extend_handles", None) or []):
+        if h.method in ROPE_SCHEDULES:
+            shown = {k: v for k, v in h.params.items() if v is not None}
+            return f"extend_context({h.method!r}, {shown}) (an active handle)"
+    rope = _config_rope(config)
+    rope_type = rope.get("rope_type") or rope.get("type") or getattr(rotary, "rope_type", None) or "default"
+    if rope_type == "default":
+        return None
+    shown = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor", "type")}
+    return f"{ {**shown, 'rope_type': rope_type} } (from the model config)"
+
+
 def _rope_setup(config: Any) -> tuple[int, float, float]:
     rope = dict(getattr(config, "rope_parameters", None) or {})
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -125,13 +162,23 @@ def _positions_from_call(args: tuple, kwargs: dict) -> Tensor | None:
 # the methods
 
 
-def _patch_schedule(handle: ExtendContextHandle, config: Any, rotary: nn.Module, name: str, params: dict) -> None:
+def _patch_schedule(
+    handle: ExtendContextHandle, config: Any, rotary: nn.Module, name: str, params: dict, replace_scaling: bool
+) -> None:
+    existing = _existing_scaling(handle.model, config, rotary)
+    if existing is not None and not replace_scaling:
+        raise ValueError(
+            f"the model already uses rope scaling {existing}; extend_context({name!r}) would replace it, "
+            "not stack on it. Pass replace_scaling=True to replace it (the new schedule is computed "
+            "from the unscaled rope_theta)"
+        )
     head_dim, base, partial = _rope_setup(config)
     meta = ROPE_SCHEDULES.meta(name)
     params = dict(params)
     params.setdefault("max_position_embeddings", config.max_position_embeddings)
     if "original_max_position_embeddings" in meta["optional"]:
-        params.setdefault("original_max_position_embeddings", config.max_position_embeddings)
+        original = _original_length(config)
+        params.setdefault("original_max_position_embeddings", original or config.max_position_embeddings)
 
     def compute(seq_len: int | None) -> tuple[Tensor, float]:
         return rope_frequencies(
@@ -216,15 +263,65 @@ def _bool_mask(attention_mask: Tensor | None) -> Tensor | None:
     return attention_mask > torch.finfo(attention_mask.dtype).min / 2
 
 
-def _relpos_forward(relpos: RelPosFn, rotary: nn.Module) -> Callable[..., tuple[Tensor, None]]:
-    def forward(
-        self: nn.Module,
-        hidden_states: Tensor,
-        position_embeddings: tuple[Tensor, Tensor] | None = None,
-        attention_mask: Tensor | None = None,
-        past_key_values: Any = None,
-        **kwargs: Any,
-    ) -> tuple[Tensor, None]:
+def _is_cache(obj: Any) -> bool:
+    return callable(getattr(obj, "update", None)) and callable(getattr(obj, "get_seq_length", None))
+
+
+class _CallLayout:
+    """How the installed attention class is called, read from its own ``forward`` signature.
+
+    transformers has renamed the cache argument (``past_key_value`` → ``past_key_values`` in 4.56,
+    ``past_key_values`` → ``cache`` in 5.24) and dropped ``cache_position`` (5.4), so nothing here
+    is spelled out: the cache parameter is the one annotated with a ``Cache`` type, the hidden states
+    are the first parameter. A cache passed under another (deprecated) keyword lands in ``**kwargs``
+    and is recognised by its type.
+    """
+
+    def __init__(self, attn: nn.Module) -> None:
+        cls = type(attn)
+        self.signature = inspect.signature(cls.forward)  # follows functools.wraps decorators
+        params = list(self.signature.parameters.values())[1:]  # drop self
+        self.var_keyword = next((p.name for p in params if p.kind is p.VAR_KEYWORD), None)
+        named = [p for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not named:
+            raise TypeError(f"{cls.__name__}.forward{self.signature} takes no hidden states")
+        self.hidden = named[0].name
+        annotated = [p.name for p in named if "Cache" in str(p.annotation)]
+        known = [p.name for p in named if p.name in ("cache", "past_key_values", "past_key_value")]
+        found = annotated or known
+        if len(found) != 1:
+            raise TypeError(
+                f"cannot tell the cache argument of {cls.__name__}.forward{self.signature} "
+                f"(candidates {found}); unsupported transformers attention layout"
+            )
+        self.cache = found[0]
+
+    def read(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[Tensor, Any, dict[str, Any]]:
+        """``(hidden_states, cache or None, every other argument by name)`` of one call."""
+        bound = self.signature.bind(module, *args, **kwargs)
+        named = dict(bound.arguments)
+        if self.var_keyword is not None:
+            named.update(named.pop(self.var_keyword, None) or {})
+        hidden, cache = named.pop(self.hidden), named.pop(self.cache, None)
+        if cache is None:
+            cache = next((v for v in named.values() if _is_cache(v)), None)
+        return hidden, cache, named
+
+
+def _call_positions(named: dict[str, Any], past_len: int, nq: int, device: torch.device) -> Tensor:
+    """Query positions ``(B or 1, nq)``: ``position_ids``, else ``cache_position`` (≤ 5.3), else
+    the positions after the cached tokens."""
+    pos = named.get("position_ids")
+    if pos is None and named.get("cache_position") is not None:
+        pos = named["cache_position"][None]
+    if pos is None:
+        pos = torch.arange(past_len, past_len + nq, device=device)[None]
+    return pos.to(device)
+
+
+def _relpos_forward(relpos: RelPosFn, rotary: nn.Module, layout: _CallLayout) -> Callable[..., tuple[Tensor, None]]:
+    def forward(self: nn.Module, *args: Any, **kwargs: Any) -> tuple[Tensor, None]:
+        hidden_states, cache, named = layout.read(self, args, kwargs)
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         q = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -232,14 +329,17 @@ def _relpos_forward(relpos: RelPosFn, rotary: nn.Module) -> Callable[..., tuple[
         v = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
         nq = q.shape[2]
         past_len = 0
-        if past_key_values is not None:
-            past_len = int(past_key_values.get_seq_length(self.layer_idx))
-            k, v = past_key_values.update(k, v, self.layer_idx)  # the cache holds un-rotated keys
+        if cache is not None:
+            past_len = int(cache.get_seq_length(self.layer_idx))
+            k, v = cache.update(k, v, self.layer_idx)  # the cache holds un-rotated keys
+            if k.shape[2] != past_len + nq:
+                raise ValueError(
+                    f"ReRoPE patching needs a cache that grows by concatenation (DynamicCache); "
+                    f"{type(cache).__name__} returned {k.shape[2]} keys after {past_len} cached + {nq} new"
+                )
         nk = k.shape[2]
-        pos = kwargs.get("position_ids")
-        if pos is None:
-            pos = torch.arange(past_len, past_len + nq, device=q.device)[None]
-        pos = pos.to(q.device)
+        pos = _call_positions(named, past_len, nq, q.device)
+        attention_mask = named.get("attention_mask")
         if past_len == 0 and nk == nq:
             kpos = pos
         else:  # cache slot j holds position j + (last query position - last new slot)
@@ -290,12 +390,13 @@ def _patch_relpos(handle: ExtendContextHandle, config: Any, rotary: nn.Module, a
     _, _, partial = _rope_setup(config)
     if partial != 1.0:
         raise ValueError("ReRoPE patching supports full rotary (partial_rotary_factor = 1) only")
-    fwd = _relpos_forward(relpos, rotary)
     for attn in attns:
         for name in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "layer_idx"):
             if not hasattr(attn, name):
                 raise TypeError(f"{type(attn).__name__} has no {name!r}; unsupported attention layout")
+    layouts = {cls: _CallLayout(attn) for cls, attn in {type(a): a for a in attns}.items()}
     for attn in attns:
+        fwd = _relpos_forward(relpos, rotary, layouts[type(attn)])
         had_own = "forward" in attn.__dict__
         old = attn.__dict__.get("forward")
         attn.forward = MethodType(fwd, attn)  # type: ignore[method-assign]
@@ -317,14 +418,17 @@ def extend_context(model: nn.Module, method: str, **params: Any) -> ExtendContex
         method: A rope schedule name (``"linear"``, ``"ntk_mixed"``, ``"dynamic"``, ``"yarn"``, …),
             ``"logn"`` (log-n†), ``"rerope"`` or ``"leaky"``.
         **params: Schedule keys in Hugging Face's vocabulary (``factor``, ``beta_fast``, …;
-            ``max_position_embeddings`` and ``original_max_position_embeddings`` default to the
-            config's ``max_position_embeddings``); ``train_len`` for ``"logn"`` (default the config's
+            ``max_position_embeddings`` defaults to the config's, ``original_max_position_embeddings``
+            to the config's ``original_max_position_embeddings`` if it states one, else its
+            ``max_position_embeddings``) and ``replace_scaling=True`` to replace a rope scaling the
+            model already has; ``train_len`` for ``"logn"`` (default the config's
             ``max_position_embeddings``); ``window`` (and ``leaky_factor``, or ``factor`` for
             ``"leaky"``) for ReRoPE. ``logn_train_len`` adds log-n† to any method.
 
     Raises:
         TypeError: The model is not a supported architecture.
-        ValueError: Unknown method or bad parameters.
+        ValueError: Unknown method or bad parameters; a schedule on a model that already scales
+            its rope without ``replace_scaling=True``.
 
     Example:
         >>> handle = extend_context(model, "ntk_mixed", factor=8)      # doctest: +SKIP
@@ -357,7 +461,10 @@ def extend_context(model: nn.Module, method: str, **params: Any) -> ExtendContex
             relpos = ReRoPEMap(window) if factor is None else LeakyReRoPEMap(window, factor)
             _patch_relpos(handle, config, rotary, attns, relpos)
         else:
-            _patch_schedule(handle, config, rotary, ROPE_SCHEDULES.canonical(method), params)
+            replace = params.pop("replace_scaling", False)
+            if not isinstance(replace, bool):
+                raise TypeError(f"replace_scaling must be a bool, got {replace!r}")
+            _patch_schedule(handle, config, rotary, ROPE_SCHEDULES.canonical(method), params, replace)
         if logn_len is not None:
             _patch_logn(handle, rotary, attns, int(logn_len))
     except Exception:

@@ -44,8 +44,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 #: modules that register foreign-format loaders when imported
 FORMAT_PLUGINS = ("formerlab.interop.weights",)
-#: model kind (``"causal_lm"``, ``"encoder"``) -> ``loader(path) -> (ModelConfig, tensors)``
-FOREIGN_LOADERS: dict[str, Callable[[Path], tuple[ModelConfig, dict[str, Tensor]]]] = {}
+#: model kind (``"causal_lm"``, ``"encoder"``) -> ``loader(path, cls, dtype) -> model``
+FOREIGN_LOADERS: dict[str, Callable[[Path, type, torch.dtype | None], Any]] = {}
 
 
 class CheckpointError(ValueError):
@@ -168,7 +168,7 @@ def _is_foreign(path: Path) -> bool:
         return False
 
 
-def _foreign_loader(kind: str, path: Path) -> Callable[[Path], tuple[ModelConfig, dict]]:
+def _foreign_loader(kind: str, path: Path) -> Callable[[Path, type, torch.dtype | None], Any]:
     for name in FORMAT_PLUGINS:
         try:
             importlib.import_module(name)
@@ -184,20 +184,16 @@ def _foreign_loader(kind: str, path: Path) -> Callable[[Path], tuple[ModelConfig
 
 def from_pretrained(cls: type, path: str | Path, *, device: str | torch.device | None = None,
                     dtype: torch.dtype | None = None) -> Any:
-    """Load ``cls`` (a model class) from a formerlab folder or a foreign checkpoint."""
+    """Load ``cls`` (a model class) from a formerlab folder or a foreign checkpoint.
+
+    ``dtype`` (e.g. ``torch.bfloat16``) is the parameters' dtype; RoPE frequencies stay float32.
+    """
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
     path = Path(path)
-    if _is_foreign(path):
-        config, tensors = _foreign_loader(cls.model_kind, path)(path)
-        with torch.device("meta"):  # no random init, no second copy of the weights
-            model = cls(config)
-        model.load_weights(tensors, source=str(path), assign=True)
-        del tensors
-        for rotary in model.rotaries.values():  # non-persistent buffers: rebuild off meta
-            rotary.inv_freq = torch.empty(0)
-        model.reset_position_method()
-        for name, buf in list(model.named_buffers()):
-            if buf.is_meta:
-                raise CheckpointError(f"{path}: buffer {name} was not restored")
+    if _is_foreign(path):  # built without initialisation, each tensor written into its parameter
+        model = _foreign_loader(cls.model_kind, path)(path, cls, dtype)
+        dtype = None
     else:
         cfg_file, w_file = path / CONFIG_NAME, path / WEIGHTS_NAME
         for f in (cfg_file, w_file):

@@ -188,6 +188,17 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", torch.empty(0), persistent=False)
         self.set_schedule(rope_type, **rope_params)
 
+    def _apply(self, fn: Any, recurse: bool = True) -> RotaryEmbedding:
+        """Moves follow the module; casts never lower the frequencies below float32 (a model
+        cast to bfloat16 would otherwise lose its long-range positions)."""
+        before = self.inv_freq
+        super()._apply(fn, recurse)
+        if self.inv_freq.dtype in (torch.float16, torch.bfloat16) and before.dtype in (
+                torch.float32, torch.float64):
+            self.inv_freq = before.to(device=self.inv_freq.device)
+            self._table = None
+        return self
+
     def set_schedule(self, rope_type: str = "default", **rope_params: Any) -> None:
         """Switch the inverse-frequency schedule (e.g. PI or NTK at inference time)."""
         rope_type = ROPE_SCHEDULES.canonical(rope_type)

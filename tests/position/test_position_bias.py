@@ -81,8 +81,11 @@ def test_gau_rope_rel_bias_is_toeplitz_and_trainable():
 def test_alibi():
     s = alibi_slopes(8)
     torch.testing.assert_close(s, torch.tensor([2.0 ** -(i + 1) for i in range(8)]))
-    s6 = alibi_slopes(6)
-    torch.testing.assert_close(s6, torch.cat([alibi_slopes(4), alibi_slopes(8)[0::2][:2]]))
+    # 6 heads: the 4-head slopes 2^-2, 2^-4, 2^-6, 2^-8, then every other 8-head slope 2^-1, 2^-3
+    torch.testing.assert_close(alibi_slopes(6), torch.tensor([2.0 ** -e for e in (2, 4, 6, 8, 1, 3)]))
+    # 12 heads: 2^-1 … 2^-8, then every other 16-head slope 2^-0.5, 2^-1.5, 2^-2.5, 2^-3.5
+    torch.testing.assert_close(alibi_slopes(12), torch.tensor([2.0 ** -e for e in (
+        1, 2, 3, 4, 5, 6, 7, 8, 0.5, 1.5, 2.5, 3.5)]))
     bias = alibi_bias(torch.arange(5), torch.arange(5), s)
     assert bias.shape == (8, 5, 5)
     torch.testing.assert_close(bias[2, 4, 1], -s[2] * 3)

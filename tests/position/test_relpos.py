@@ -69,6 +69,7 @@ def test_rerope_large_window_is_rope(impl):
         for fast in (False, True):
             full = relpos_attention(q, k, v, q_positions=pos(24), k_positions=pos(24), inv_freq=INV,
                                     relpos=make_relpos("rerope", window=w), mask=causal(24), fast=fast)
+            torch.testing.assert_close(full, ref, rtol=1e-12, atol=1e-12)
             assert torch.equal(full, relpos_attention(q, k, v, q_positions=pos(24), k_positions=pos(24),
                                                       inv_freq=INV, relpos=None, mask=causal(24), fast=fast))
 
@@ -134,8 +135,9 @@ def test_prefill_matches_oracle(name, params, layout):
 def test_explicit_lse_merge_off_cpu_kernel(name, params, monkeypatch):
     monkeypatch.setattr(rerope, "_fused_kernel", lambda *t: None)  # the path used off CPU
     q, k, v = qkv(n=20)
-    ref = relpos_attention(q, k, v, q_positions=pos(20), k_positions=pos(20), inv_freq=INV,
-                           relpos=make_relpos(name, **params), mask=causal(20))
+    # the oracle builds every rotation explicitly (relpos_attention would dispatch to this very path)
+    ref = naive_relpos_attention(q, k, v, q_positions=pos(20), k_positions=pos(20), inv_freq=INV,
+                                 relpos=make_relpos(name, **params), mask=causal(20))
     for bs in (5, 64):
         out = rerope_attention(q, k, v, inv_freq=INV, window=params.get("window"),
                                leaky_factor=params.get("factor"), impl="lse_merge", block_size=bs)
@@ -172,15 +174,30 @@ def test_decode_with_raw_key_cache(name, params, chunk):
     assert len(cache) == 30 and torch.equal(cache.keys, k)  # keys are stored un-rotated
 
 
-def test_decode_matches_relpos_attention_with_decode_positions():
+@pytest.mark.parametrize("name,params", MAPS[1:])
+def test_decode_at_shifted_and_gapped_positions_matches_oracle(name, params):
+    # the reference is the per-pair oracle on the same un-rotated q/k/v and positions
+    # (relpos_attention's fast path would dispatch to rerope_decode_step itself)
     q, k, v = qkv(n=12)
-    relpos = make_relpos("leaky", window=4, factor=2.0)
-    cache = ReRoPECache(INV)
-    cache.update(k, v, positions=torch.arange(12) + 100)
-    out = rerope_decode_step(q[:, :, -1:], cache, 4, 2.0)
-    ref = relpos_attention(q[:, :, -1:], k, v, q_positions=torch.tensor([111]), k_positions=torch.arange(12) + 100,
-                           inv_freq=INV, relpos=relpos)
-    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    relpos = make_relpos(name, **params)
+    window, factor = params["window"], params.get("factor")
+    shifted = torch.arange(12) + 100
+    gapped = torch.tensor([0, 1, 2, 5, 6, 9, 10, 11, 15, 16, 17, 20])
+    for kpos in (shifted, gapped):
+        cache = ReRoPECache(INV)
+        cache.update(k, v, positions=kpos)
+        for m in (1, 3):  # one query at the last position (two-pass LSE), several (explicit merge)
+            qpos = kpos[-m:]
+            out = rerope_decode_step(q[:, :, -m:], cache, window, factor)
+            ref = naive_relpos_attention(q[:, :, -m:], k, v, q_positions=qpos, k_positions=kpos, inv_freq=INV,
+                                         relpos=relpos, mask=kpos[None, :] <= qpos[:, None])
+            torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+        # queries at explicit positions inside the cached range (later keys are masked)
+        qpos = kpos[[4, 7, 9]].double() + 0.5
+        out = rerope_decode_step(q[:, :, :3], cache, window, factor, q_positions=qpos)
+        ref = naive_relpos_attention(q[:, :, :3], k, v, q_positions=qpos, k_positions=kpos, inv_freq=INV,
+                                     relpos=relpos, mask=kpos[None, :] <= qpos[:, None])
+        torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
 
 
 # 8: Leaky's fractional rotations equal apply_rope at non-integer positions
@@ -256,7 +273,7 @@ def test_gradients_agree_across_impls(factor):
     leaves = [t.clone().requires_grad_() for t in (q, k, v)]
     relpos = relative.make_relpos("rerope", window=6) if factor is None else relative.make_relpos("leaky", window=6, factor=factor)
     out = relpos_attention(*leaves, q_positions=pos(20), k_positions=pos(20), inv_freq=INV, relpos=relpos,
-                           mask=causal(20))
+                           mask=causal(20), fast=False)  # the reference two-pass form, not a fast path
     (out * torch.linspace(-1, 1, D, dtype=F64)).sum().backward()
     for a, b in zip(grads[0], [t.grad for t in leaves]):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from formerlab.lab.base import EXPERIMENTS, RunContext
 
 
+@pytest.mark.slow
 def test_experiment_micro(tmp_path):
     pytest.importorskip("matplotlib")
     from formerlab.lab.experiments import tokenizer_sampling as exp
@@ -31,12 +34,22 @@ def test_experiment_micro(tmp_path):
     assert "| segmentation |" in report.table_md and "1/4, 1/4, 1/2" in report.notes
 
 
-def test_formerlab_cli_has_tokenizer_once_wired():
+def test_formerlab_cli_runs_the_tokenizer_commands(tmp_path, capsys, toy):
+    """``formerlab tokenizer ...`` through the top-level parser and ``formerlab.cli.main``."""
     from formerlab import cli
+    from formerlab.tokenize import UnigramTokenizer
 
-    parser = cli.build_parser()
-    try:
-        args = parser.parse_args(["tokenizer", "stats", "--vocab", "v.json"])
-    except SystemExit:
-        pytest.skip("the lead has not wired `formerlab tokenizer` into formerlab.cli yet")
-    assert callable(args.func)
+    tok = UnigramTokenizer(toy.WATCHING)
+    vocab = tok.save(tmp_path / "vocab.json")
+    args = cli.build_parser().parse_args(["tokenizer", "stats", "--vocab", str(vocab)])
+    assert args.command == "tokenizer" and args.tokenizer_command == "stats"
+    assert cli.main(["tokenizer", "stats", "--vocab", str(vocab)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    # 256 byte pieces ("w" among them), wat/ing, watch/ching, atching, and 3 special tokens
+    assert stats["pieces_by_length"] == {"1": 256, "3": 2, "5": 2, "7": 1}
+    assert stats["vocab_size"] == 256 + 5 + 3 == tok.vocab_size
+    assert cli.main(["tokenizer", "encode", "--vocab", str(vocab), "watching"]) == 0
+    ids = [int(i) for i in capsys.readouterr().out.split()]
+    assert ids == tok.encode("watching") and tok.decode(ids) == "watching"
+    assert cli.main(["tokenizer", "stats", "--vocab", str(tmp_path / "missing.json")]) == 2
+    assert "error" in capsys.readouterr().err

@@ -117,3 +117,19 @@ def test_non_bool_mask_rejected(qkv):
     q, k, v = qkv
     with pytest.raises(TypeError, match="bool"):
         scaled_dot_product(q, k, v, mask=torch.ones(7, 7))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("heads", [1, 2])
+def test_wide_values_through_the_fused_kernel_equal_the_explicit_path(causal, heads):
+    """GAU: values 4× wider than q/k are served as extra heads of the fused CPU kernel."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, heads, 9, 8, dtype=torch.float64, generator=g)
+    k = torch.randn(2, heads, 9, 8, dtype=torch.float64, generator=g)
+    v = torch.randn(2, heads, 9, 32, dtype=torch.float64, generator=g)
+    mask = torch.rand(2, 1, 9, 9, generator=g) > 0.3
+    mask |= torch.eye(9, dtype=torch.bool)
+    for m in (None, mask):
+        fast = scaled_dot_product(q, k, v, mask=m, is_causal=causal, split_values=True)
+        ref, _ = scaled_dot_product(q, k, v, mask=m, is_causal=causal, return_weights=True)
+        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)

@@ -37,7 +37,7 @@ def test_declarations(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_micro_run_writes_results_with_verdicts(name, micro_run):
-    data, paths = micro_run(name)
+    _data, paths = micro_run(name)
     saved = json.loads(paths["results"].read_text())
     assert saved["experiment"] == name and saved["meta"]["complete"]
     assert saved["rows"] and all("seed" in r for r in saved["rows"])

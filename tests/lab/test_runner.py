@@ -106,7 +106,7 @@ def test_results_are_written_before_figures_and_without_matplotlib(tmp_path, mon
     monkeypatch.setattr(lab_figures, "_WARNED", [])
     out = tmp_path / "nompl"
     with registered(), pytest.warns(UserWarning, match=r"pip install 'formerlab\[lab\]'"):
-        data, paths = run_experiment(Toy.name, preset="micro", seeds=1, out_dir=out,
+        _data, _paths = run_experiment(Toy.name, preset="micro", seeds=1, out_dir=out,
                                      progress=False)
     assert json.loads((out / "results.json").read_text())["claims"][0]["id"] == "a-beats-b"
     assert (out / "table.md").is_file() and not (out / "toy.png").exists()

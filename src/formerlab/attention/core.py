@@ -242,6 +242,7 @@ def attend(
     return_weights: bool = False,
     training: bool = False,
     scale: float | None = None,
+    split_values: bool = False,
 ) -> tuple[Tensor, LayerState | None, Tensor | None]:
     """Attention of the new tokens over the cached and the new keys.
 
@@ -260,6 +261,7 @@ def attend(
         return_weights: Also return the weights (explicit path).
         training: Selects ``relpos`` over ``eval_relpos``.
         scale: Logit scale (default ``1/sqrt(d)``).
+        split_values: Values wider than q/k through the fused kernel as extra heads (GAU).
 
     Returns:
         ``(out (B, H, n, dv), state or None, weights or None)``.
@@ -301,7 +303,7 @@ def attend(
     res = scaled_dot_product(
         q, keys, values, mask=m, is_causal=causal and m is None, bias=bias, scale=scale,
         normalization=norm, normalization_options=opts, dropout_p=dropout_p,
-        return_weights=return_weights,
+        return_weights=return_weights, split_values=split_values,
     )
     out, w = res if return_weights else (res, None)
     return out, (state if use_cache else None), w

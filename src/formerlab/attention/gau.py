@@ -79,6 +79,9 @@ class GatedAttentionUnit(_PositionHooks, nn.Module):
         causal: Causal (decoder) or bidirectional attention.
         window: Sliding-window size (``None`` = full).
         normalization_options: Extra normaliser options.
+        split_values: Run softmax attention through the fused kernel with the ``e``-wide values
+            cut into ``s``-wide chunks served as heads (exact; memory O(n) instead of O(n²), at
+            twice the score FLOPs): see :func:`formerlab.attention.kernel.scaled_dot_product`.
 
     ``forward(x, positions=None, *, key_padding=None, mask=None, state=None, use_cache=False,
     return_weights=False)`` follows the token-mixer protocol of
@@ -106,6 +109,7 @@ class GatedAttentionUnit(_PositionHooks, nn.Module):
         window: int | None = None,
         rope_theta: float = 10000.0,
         normalization_options: dict[str, Any] | None = None,
+        split_values: bool = False,
     ) -> None:
         super().__init__()
         for name, v in (("hidden_size", hidden_size), ("expansion", expansion),
@@ -124,6 +128,7 @@ class GatedAttentionUnit(_PositionHooks, nn.Module):
         self.activation = activation
         self.normalization = normalization
         self.causal, self.window = causal, window
+        self.split_values = split_values
         self.attention_dropout = attention_dropout
         opts = dict(normalization_options or {})
         if normalization == "softmax_plus":
@@ -177,6 +182,7 @@ class GatedAttentionUnit(_PositionHooks, nn.Module):
             options=self.normalization_options,
             dropout_p=self.attention_dropout if self.training else 0.0,
             return_weights=return_weights, training=self.training,
+            split_values=self.split_values,
         )
         return self.o_dense(u * a[:, 0]), state, weights
 

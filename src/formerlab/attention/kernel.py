@@ -54,6 +54,35 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor) -> int:
     return q.shape[1] // k.shape[1]
 
 
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float,
+          is_causal: bool, scale: float, split_values: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention``; ``split_values`` serves wide values as extra heads.
+
+    PyTorch's CPU flash kernel needs the value width to equal the query width; otherwise it falls
+    back to the math kernel, which materialises every score matrix (GAU: ``e = 2d`` values on
+    ``s = d/6`` keys). When ``dv = c·d``, the values are cut into ``c`` chunks of width ``d``
+    served as ``c`` heads that share the query and key: ``A·[v₁ … v_c] = [A·v₁ … A·v_c]``, exactly
+    the same output through the fused kernel (the scores are recomputed per chunk, in tiles that
+    are never stored: memory O(n) instead of O(n²), at twice the score FLOPs and a recomputing
+    backward; ``benchmarks/bench_gau.py`` measures both). Not with dropout, whose mask must be
+    shared by the chunks.
+    """
+    d, dv = q.shape[-1], v.shape[-1]
+    if not split_values or dv == d or dv % d or dropout_p > 0.0:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
+                                              is_causal=is_causal, scale=scale)
+    c = dv // d
+    b, h, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
+    qc = q[:, :, None].expand(b, h, c, nq, d).reshape(b, h * c, nq, d)
+    kc = k[:, :, None].expand(k.shape[0], h, c, nk, d).reshape(k.shape[0], h * c, nk, d)
+    vc = v.reshape(v.shape[0], h, nk, c, d).transpose(2, 3).reshape(v.shape[0], h * c, nk, d)
+    mc = attn_mask
+    if mc is not None and mc.dim() == 4 and mc.shape[1] == h and h > 1:
+        mc = mc.repeat_interleave(c, dim=1)
+    out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mc, is_causal=is_causal, scale=scale)
+    return out.reshape(b, h, c, nq, d).transpose(2, 3).reshape(b, h, nq, dv)
+
+
 def scaled_dot_product(
     q: Tensor,
     k: Tensor,
@@ -67,6 +96,7 @@ def scaled_dot_product(
     normalization_options: dict[str, Any] | None = None,
     dropout_p: float = 0.0,
     return_weights: bool = False,
+    split_values: bool = False,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Attention ``normalize(q kᵀ·scale + bias, mask) · v``.
 
@@ -82,6 +112,9 @@ def scaled_dot_product(
         normalization_options: Extra keyword arguments of the normaliser.
         dropout_p: Dropout on the attention weights (pass 0 at evaluation).
         return_weights: Also return the ``(B, H, nq, nk)`` weights (forces the explicit path).
+        split_values: When ``dv`` is a multiple of ``d`` (GAU), run the fused kernel on value
+            chunks served as heads instead of the math kernel the value width forces (exact;
+            see :func:`_sdpa` for the trade-off).
 
     Returns:
         ``(B, H, nq, dv)`` output, and the weights if ``return_weights``.
@@ -97,10 +130,8 @@ def scaled_dot_product(
     )
     if sdpa_ok and is_causal and mask is None and bias is None and nq == nk:
         # the common training case: SDPA's own causal kernel, no mask tensor at all
-        return F.scaled_dot_product_attention(
-            q, repeat_kv(k, groups), repeat_kv(v, groups), dropout_p=dropout_p,
-            is_causal=True, scale=scale,
-        )
+        return _sdpa(q, repeat_kv(k, groups), repeat_kv(v, groups), None, dropout_p, True, scale,
+                     split_values)
     if is_causal:
         cm = causal_mask(nq, nk, device=q.device)
         mask = cm if mask is None else mask & cm
@@ -110,14 +141,8 @@ def scaled_dot_product(
             attn_mask = bias.to(q.dtype)
             if mask is not None:
                 attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
-        return F.scaled_dot_product_attention(
-            q,
-            repeat_kv(k, groups),
-            repeat_kv(v, groups),
-            attn_mask=attn_mask,
-            dropout_p=dropout_p,
-            scale=scale,
-        )
+        return _sdpa(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask, dropout_p, False,
+                     scale, split_values)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if bias is not None:

@@ -111,12 +111,14 @@ class GAUOptions(Config):
         key_size: ``s``, width of the shared q/k (128 in GAU-α).
         activation: ``silu`` (swish), ``relu``, ``gelu`` or ``identity``.
         use_bias: Dense biases and q/k offsets (FLASH); GAU-α has none.
+        split_values: Fused softmax attention with the values cut into key-width heads.
     """
 
     expansion: int | None = None
     key_size: int = 128
     activation: str = "silu"
     use_bias: bool = False
+    split_values: bool = False
 
     def validate(self) -> None:
         if self.activation not in GAU_ACTIVATIONS:
@@ -137,7 +139,7 @@ def _gau(c: Any, spec: LayerSpec, o: GAUOptions, causal: bool) -> nn.Module:
         c.hidden_size, o.expansion or 2 * c.hidden_size, o.key_size, activation=o.activation,
         use_bias=o.use_bias, normalization=a.normalization, rope=False,
         attention_dropout=a.dropout, causal=causal, window=spec.window,
-        normalization_options=a.normalization_options,
+        normalization_options=a.normalization_options, split_values=o.split_values,
     )
 
 

@@ -38,15 +38,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .data.batching import window_batch
     from .data.corpora import load_corpus
-    from .lab.experiments.extrapolation import preset_config
     from .models.config import ModelConfig
     from .models.lm import CausalLM
     from .train.distributed import init_distributed, resolve_device, shutdown_distributed
+    from .train.presets import train_preset
     from .train.trainer import Trainer
 
-    base = preset_config(args.preset)
-    model_d = base.model.to_dict()
-    train_d = base.train.to_dict()
+    base_model, base_train = train_preset(args.preset)
+    model_d = base_model.to_dict()
+    train_d = base_train.to_dict()
     if args.model_config:
         model_d.update(json.loads(Path(args.model_config).read_text()))
     if args.train_config:
@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a byte-level causal LM on a corpus")
     t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, metrics)")
     t.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
-                   help="base model/train settings (those of the extrapolation experiment)")
+                   help="base model/train settings (a byte-level RoPE LM at three sizes)")
     t.add_argument("--model-config", help="JSON file of ModelConfig keys to override")
     t.add_argument("--train-config", help="JSON file of TrainConfig keys to override")
     t.add_argument("--set", action="append", metavar="SCOPE.KEY=VALUE",

@@ -154,6 +154,15 @@ class TrainConfig(Config):
         log_every: Steps between metric lines.
         checkpoint_every: Steps between checkpoints (``0``: only the final one).
         keep_checkpoints: Number of step checkpoints to keep on disk.
+        parallel: ``"ddp"`` (every process holds the whole model; PyTorch DDP under
+            ``torchrun``) or ``"fsdp"`` (parameters, gradients and optimizer state sharded over
+            the processes with FSDP2, ``torch.distributed.fsdp.fully_shard``). One process: both
+            train the same model.
+        precision: ``"fp32"`` or ``"bf16"`` (the forward under ``torch.autocast`` in bfloat16;
+            weights, optimizer state and RoPE frequencies stay float32). bf16 is for GPUs: on
+            most CPUs its matmuls are far slower than float32.
+        compile: Run the model through ``torch.compile`` (a one-off compilation, then faster
+            steps on CUDA; on CPU the gain is small).
     """
 
     steps: int = 1000
@@ -171,6 +180,9 @@ class TrainConfig(Config):
     log_every: int = 10
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    parallel: str = "ddp"
+    precision: str = "fp32"
+    compile: bool = False
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "seq_len", "log_every"):
@@ -195,3 +207,5 @@ class TrainConfig(Config):
         self.betas = (float(self.betas[0]), float(self.betas[1]))
         if self.keep_checkpoints < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        _check_choice("parallel", self.parallel, ("ddp", "fsdp"))
+        _check_choice("precision", self.precision, ("fp32", "bf16"))

@@ -76,3 +76,34 @@ def _final_init(tmp_path):
                     "--set", "train.lr=1e-12", "--set", "train.batch_size=8"], check=True,
                    env=_env(), capture_output=True, timeout=300)
     return _final(tmp_path / "init")
+
+
+@pytest.mark.slow
+def test_torchrun_fsdp_equals_single_process_and_resumes(tmp_path):
+    """FSDP2 over two gloo processes trains the model of one process (and its checkpoints are
+    the usual format: a sharded run resumes, a plain run's checkpoint loads into FSDP)."""
+    opts = ["--set", "train.steps=6", "--set", "train.batch_size=8", "--set",
+            "train.checkpoint_every=3"]
+    subprocess.run([*TRAIN, "--out", str(tmp_path / "single"), *opts], check=True, env=_env(),
+                   capture_output=True, timeout=300)
+    run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "formerlab", *TRAIN[3:], "--set", "train.parallel=fsdp"]
+    res = subprocess.run([*run, "--out", str(tmp_path / "fsdp"), *opts], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    single, fsdp = _final(tmp_path / "single"), _final(tmp_path / "fsdp")
+    assert single.keys() == fsdp.keys()
+    for k in single:
+        torch.testing.assert_close(fsdp[k], single[k], rtol=1e-5, atol=1e-6, msg=k)
+    # continue the single-process run's step-3 checkpoint under FSDP: the same end point
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "single", resumed)
+    shutil.rmtree(resumed / "final")
+    (resumed / "checkpoints" / "latest").write_text("step-00000003")
+    res = subprocess.run([*run, "--out", str(resumed), *opts, "--resume"], env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    for k, v in _final(resumed).items():
+        torch.testing.assert_close(v, single[k], rtol=1e-5, atol=1e-6, msg=k)

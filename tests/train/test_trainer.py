@@ -129,3 +129,23 @@ def test_summary_losses_and_dict_batches(tmp_path):
     torch.manual_seed(0)
     dict_run = Trainer(CausalLM(mc), mc, tc, dict_fn, device="cpu", progress=False).train()
     assert dict_run.losses == tuple_run.losses
+
+
+def test_bf16_autocast_keeps_float32_weights_and_frequencies(tmp_path):
+    fp32, s32 = run(tmp_path / "a", steps=3)
+    bf16, s16 = run(tmp_path / "b", steps=3, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
+    assert bf16.model.rotary.inv_freq.dtype == torch.float32
+    for a, b in zip(s32.losses, s16.losses):
+        assert b == pytest.approx(a, rel=5e-2) and a != b  # bf16 matmuls: close, not equal
+    with pytest.raises(ValueError, match="precision must be one of"):
+        TrainConfig(precision="fp8")
+    with pytest.raises(ValueError, match="parallel must be one of"):
+        TrainConfig(parallel="zero3")
+
+
+@pytest.mark.slow
+def test_compiled_training_steps_equal_eager(tmp_path):
+    _, eager = run(tmp_path / "a", steps=2)
+    _, compiled = run(tmp_path / "b", steps=2, compile=True)
+    assert compiled.losses == pytest.approx(eager.losses, rel=1e-5, abs=1e-6)

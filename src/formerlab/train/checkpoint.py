@@ -56,8 +56,8 @@ def write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict]:
-    sd = optimizer.state_dict()
+def _optimizer_tensors(sd: dict[str, Any]) -> tuple[dict[str, Tensor], dict]:
+    """An optimizer state dict (keyed by parameter index) as tensors + JSON."""
     tensors: dict[str, Tensor] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for idx, state in sd["state"].items():
@@ -86,8 +86,15 @@ def save_checkpoint(
     train_config: TrainConfig,
     extra: dict[str, Any] | None = None,
     keep: int = 2,
+    *,
+    weights: dict[str, Tensor] | None = None,
+    optimizer_state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write the checkpoint of completed step ``step`` atomically; keep the newest ``keep``."""
+    """Write the checkpoint of completed step ``step`` atomically; keep the newest ``keep``.
+
+    ``weights``/``optimizer_state`` give an already gathered full state (sharded training);
+    by default they are read from ``model`` and ``optimizer``.
+    """
     from safetensors.torch import save_file
 
     root = Path(root)
@@ -98,11 +105,15 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-        weights = model.weights_state_dict() if hasattr(model, "weights_state_dict") else {
-            k: v.detach().contiguous() for k, v in model.state_dict().items()
-        }
-        save_file({k: v.cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-        opt_tensors, opt_json = _optimizer_tensors(optimizer)
+        if weights is None:
+            weights = model.weights_state_dict() if hasattr(model, "weights_state_dict") else {
+                k: v.detach() for k, v in model.state_dict().items()}
+        elif getattr(model_config, "tie_word_embeddings", False):
+            weights = {k: v for k, v in weights.items() if k != "lm_head.weight"}
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
+                  str(tmp / "model.safetensors"))
+        opt_tensors, opt_json = _optimizer_tensors(
+            optimizer.state_dict() if optimizer_state is None else optimizer_state)
         opt_tensors.update(_rng_tensors())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         state = {"format_version": FORMAT_VERSION, "step": step, "optimizer": opt_json,
@@ -179,19 +190,11 @@ def _check_same(saved: Config, current: Config, path: Path, ignore: tuple[str, .
         )
 
 
-def load_checkpoint(
-    path: Path,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    model_config: ModelConfig,
-    train_config: TrainConfig,
-) -> dict[str, Any]:
-    """Restore model, optimizer and RNG state from ``path``; return the ``state.json`` dict.
-
-    Raises:
-        CheckpointError: a file is missing/corrupted, or the configs do not match (changing only
-            ``steps``, ``log_every``, ``checkpoint_every`` or ``keep_checkpoints`` is allowed).
-    """
+def read_checkpoint(
+    path: Path, model_config: ModelConfig, train_config: TrainConfig
+) -> tuple[dict[str, Any], dict[str, Tensor], dict[str, Any], dict[str, Tensor]]:
+    """``(state.json, weights, optimizer state dict, RNG tensors)`` of a checkpoint, checked
+    against the configs (see :func:`load_checkpoint`)."""
     path = Path(path)
     state = _load_json(path / "state.json")
     if state.get("format_version", 0) > FORMAT_VERSION:
@@ -203,12 +206,9 @@ def load_checkpoint(
                 path / "model_config.json")
     _check_same(TrainConfig.from_dict(_load_json(path / "train_config.json")), train_config,
                 path / "train_config.json",
-                ignore=("steps", "log_every", "checkpoint_every", "keep_checkpoints"))
+                ignore=("steps", "log_every", "checkpoint_every", "keep_checkpoints", "parallel",
+                        "compile"))
     weights = _load_tensors(path / "model.safetensors")
-    if hasattr(model, "load_weights"):
-        model.load_weights(weights, source=str(path / "model.safetensors"))
-    else:
-        model.load_state_dict(weights)
     tensors = _load_tensors(path / "optimizer.safetensors")
     opt = state["optimizer"]
     opt_state: dict[int, dict[str, Any]] = {}
@@ -218,14 +218,43 @@ def load_checkpoint(
             opt_state.setdefault(int(idx), {})[name] = value
     for idx, scalars in opt.get("scalars", {}).items():
         opt_state.setdefault(int(idx), {}).update(scalars)
-    try:
-        optimizer.load_state_dict({"state": opt_state, "param_groups": opt["param_groups"]})
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{path / 'optimizer.safetensors'} does not fit: {exc}") from exc
+    rng = {k: v for k, v in tensors.items() if k.startswith("rng.")}
+    return state, weights, {"state": opt_state, "param_groups": opt["param_groups"]}, rng
+
+
+def restore_rng(tensors: dict[str, Tensor]) -> None:
+    """Set the CPU (and CUDA) RNG states saved in a checkpoint."""
     if "rng.cpu" in tensors:
         torch.set_rng_state(tensors["rng.cpu"])
     if torch.cuda.is_available():
         cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
+
+
+def load_checkpoint(
+    path: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    model_config: ModelConfig,
+    train_config: TrainConfig,
+) -> dict[str, Any]:
+    """Restore model, optimizer and RNG state from ``path``; return the ``state.json`` dict.
+
+    Raises:
+        CheckpointError: a file is missing/corrupted, or the configs do not match (changing only
+            ``steps``, ``log_every``, ``checkpoint_every``, ``keep_checkpoints``, ``parallel`` or
+            ``compile`` is allowed).
+    """
+    path = Path(path)
+    state, weights, opt_state, rng = read_checkpoint(path, model_config, train_config)
+    if hasattr(model, "load_weights"):
+        model.load_weights(weights, source=str(path / "model.safetensors"))
+    else:
+        model.load_state_dict(weights)
+    try:
+        optimizer.load_state_dict(opt_state)
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path / 'optimizer.safetensors'} does not fit: {exc}") from exc
+    restore_rng(rng)
     return state

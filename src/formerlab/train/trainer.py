@@ -1,4 +1,5 @@
-"""The training loop: AdamW, warmup + decay, clipping, accumulation, DDP, atomic checkpoints.
+"""The training loop: AdamW, warmup + decay, clipping, accumulation, DDP or FSDP2, bf16 autocast,
+``torch.compile``, atomic checkpoints.
 
 Determinism: the batch of step ``s`` is a function of ``(seed, s)`` only
 (:mod:`formerlab.data.batching`), the learning rate is a function of ``s``
@@ -24,7 +25,14 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..models.config import ModelConfig
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from . import parallel
+from .checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
 from .distributed import DistInfo, resolve_device
 from .schedules import lr_at
 
@@ -97,13 +105,12 @@ class Trainer:
                 f"grad_accum ({self.dist.world_size} × {self.cfg.grad_accum})"
             )
         self.model = model.to(self.device)
+        # DDP wraps the model; FSDP2 shards it in place (the optimizer sees the shards)
+        self.ddp: nn.Module = parallel.wrap(self.model, self.cfg.parallel, self.device,
+                                            self.dist.enabled)
+        self.sharded = self.dist.enabled and self.cfg.parallel == "fsdp"
         self.optimizer = build_optimizer(self.model, self.cfg)
-        self.ddp: nn.Module = self.model
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(self.model, device_ids=ids)
+        self.forward = torch.compile(self.ddp) if self.cfg.compile else self.ddp
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -122,13 +129,31 @@ class Trainer:
             fh.write(json.dumps(record) + "\n")
 
     def _save(self, step: int) -> None:
+        full = None
+        if self.sharded and self.checkpoint_dir is not None:  # every rank joins the gather
+            full = parallel.full_state(self.model, self.optimizer)
         if self.checkpoint_dir is not None and self.dist.is_main:
             save_checkpoint(
                 self.checkpoint_dir, step, self.model, self.optimizer, self.model_config,
                 self.cfg, keep=self.cfg.keep_checkpoints,
+                weights=full[0] if full else None, optimizer_state=full[1] if full else None,
             )
         if self.dist.enabled:
             dist.barrier()
+
+    def _resume(self, ckpt: Path) -> dict[str, Any]:
+        if not self.sharded:
+            return load_checkpoint(ckpt, self.model, self.optimizer, self.model_config, self.cfg)
+        state, weights, opt_state, rng = read_checkpoint(ckpt, self.model_config, self.cfg)
+        parallel.load_full_state(self.model, self.optimizer, weights, opt_state)
+        restore_rng(rng)
+        return state
+
+    def _final_weights(self) -> dict[str, Tensor] | None:
+        """The full weights for ``final/`` (gathered from the shards under FSDP)."""
+        if not self.sharded:
+            return None
+        return parallel.full_state(self.model, self.optimizer)[0]
 
     def train(self, resume: bool = False) -> TrainSummary:
         """Run to ``train_config.steps``; ``resume=True`` continues from the latest checkpoint."""
@@ -139,7 +164,7 @@ class Trainer:
         if resume:
             ckpt = latest_checkpoint(self.checkpoint_dir) if self.checkpoint_dir else None
             if ckpt is not None:
-                state = load_checkpoint(ckpt, self.model, self.optimizer, self.model_config, cfg)
+                state = self._resume(ckpt)
                 start = resumed = int(state["step"])
         bar = None
         if self.progress and self.dist.is_main:
@@ -179,9 +204,20 @@ class Trainer:
             bar.close()
         if start < cfg.steps or resumed is None:
             self._save(cfg.steps)
+        full = self._final_weights()
         if self.out_dir is not None and self.dist.is_main and hasattr(self.model, "save_pretrained"):
-            self.model.save_pretrained(self.out_dir / "final")
-            cfg.save(self.out_dir / "final" / "train_config.json")
+            final = self.out_dir / "final"
+            if full is None:
+                self.model.save_pretrained(final)
+            else:  # the shards gathered into one model file
+                from safetensors.torch import save_file
+
+                final.mkdir(parents=True, exist_ok=True)
+                if getattr(self.model_config, "tie_word_embeddings", False):
+                    full.pop("lm_head.weight", None)
+                save_file({k: v.contiguous() for k, v in full.items()}, str(final / "model.safetensors"))
+                self.model_config.save(final / "config.json")
+            cfg.save(final / "train_config.json")
         seconds = time.perf_counter() - t0
         steps_run = cfg.steps - start
         return TrainSummary(
@@ -192,6 +228,20 @@ class Trainer:
             resumed_from=resumed,
             losses=losses,
         )
+
+    def _sync(self, sync: bool) -> Any:
+        """Skip the gradient all-reduce on accumulation micro-steps."""
+        if sync or not self.dist.enabled:
+            return contextlib.nullcontext()
+        if self.sharded:
+            self.model.set_requires_gradient_sync(False)
+            return _restore_sync(self.model)
+        return self.ddp.no_sync()
+
+    def _autocast(self) -> Any:
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     def _step(self, step: int) -> float:
         cfg = self.cfg
@@ -207,10 +257,10 @@ class Trainer:
             if kwargs.get("labels") is None:
                 kwargs["labels"] = kwargs["input_ids"]
             sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
-            ctx = contextlib.nullcontext() if sync else self.ddp.no_sync()
-            with ctx:
-                out = self.ddp(**kwargs)
-                loss = out.loss / cfg.grad_accum
+            with self._sync(sync):
+                with self._autocast():
+                    out = self.forward(**kwargs)
+                    loss = out.loss / cfg.grad_accum
                 loss.backward()
             total += loss.detach()
         if cfg.grad_clip > 0:
@@ -224,3 +274,11 @@ class Trainer:
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate")
         return value
+
+
+@contextlib.contextmanager
+def _restore_sync(model: nn.Module) -> Any:
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)

@@ -1,14 +1,21 @@
 """Tokens/s of one training step (forward + backward + AdamW) of our decoder vs an
-x-transformers ``Decoder`` of the same size, same batch, measured in the same run.
+x-transformers ``Decoder`` of the same size, same batch, measured in the same run, and the
+model-FLOPs utilisation against this machine's float32 matmul peak measured in the same run.
 
 Both models: pre-norm RMSNorm, RoPE, SwiGLU FFN with inner size 4·d, tied embeddings, no
-biases, SDPA attention. Run: ``python benchmarks/bench_train_step.py`` (writes
-``benchmarks/results/train_step.json``). Target: ratio (ours / x-transformers) ≥ 1.0.
+biases, SDPA attention. Two sizes: the default (d 256, 4 layers, n 256) and ``--size large``
+(d 512, 8 layers, n 512). Model FLOPs per step: ``6·N·T`` for the matrices (``N`` non-embedding
+parameters plus the tied head, ``T`` tokens) plus ``12·L·n·d·T`` for the attention scores and
+values (forward and backward). The peak is the best of a few square float32 matmuls of the
+model's width class. Run: ``python benchmarks/bench_train_step.py [--size large]`` (writes
+``benchmarks/results/train_step.json`` / ``train_step_large.json``). Targets: ours /
+x-transformers ≥ 1.05, MFU ≥ 85% of the matmul peak.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 
 import torch
 
@@ -34,6 +41,25 @@ def build_xt(dim: int, depth: int, heads: int, vocab: int, seq: int) -> torch.nn
     )
 
 
+def matmul_peak(dim: int, repeats: int = 5) -> float:
+    """Best float32 FLOP/s of square matmuls of a size the model's matmuls reach."""
+    size = max(1024, 4 * dim)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def step_flops(model: torch.nn.Module, layers: int, seq: int, dim: int, tokens: int) -> float:
+    """Model FLOPs of one training step: 6·N·T (matrices, the tied head counted) plus the
+    attention scores and values, 12·L·n·d·T (causal halves are not discounted)."""
+    n_mat = sum(p.numel() for n, p in model.named_parameters() if p.dim() >= 2)
+    return 6 * n_mat * tokens + 12 * layers * seq * dim * tokens
+
+
 def params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
 
@@ -46,7 +72,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--size", choices=["default", "large"], default="default")
     args = ap.parse_args()
+    if args.size == "large":
+        args.dim, args.depth, args.heads, args.seq, args.batch = 512, 8, 8, 512, 4
     vocab = 256
     torch.manual_seed(0)
     ours, xt = build_ours(args.dim, args.depth, args.heads, vocab), build_xt(
@@ -73,14 +102,28 @@ def main() -> None:
     for v in res.values():
         v["tokens_per_s"] = tokens / v["median_s"]
     ratio = res["formerlab"]["tokens_per_s"] / res["x_transformers"]["tokens_per_s"]
+    peak = matmul_peak(args.dim)
+    flops = step_flops(ours, args.depth, args.seq, args.dim, tokens)
+    mfu = flops / res["formerlab"]["median_s"] / peak
     payload = {
         "shape": vars(args),
         "parameters": {"formerlab": params(ours), "x_transformers": params(xt)},
         "results": res,
         "ratio_tokens_per_s_ours_over_x_transformers": ratio,
-        "target": ">= 1.0",
+        "matmul_peak_gflops": peak / 1e9,
+        "model_gflops_per_step": flops / 1e9,
+        "mfu_ratio": mfu,
+        "summary": [
+            {"measure": f"train step tokens/s, d {args.dim}, {args.depth} layers, n {args.seq}",
+             "peer": "x-transformers Decoder", "value": ratio, "target": ">= 1.05"},
+            {"measure": "model-FLOPs utilisation (fraction of the fp32 matmul peak)",
+             "peer": f"torch.mm peak {peak / 1e9:.0f} GFLOP/s", "value": mfu,
+             "target": ">= 0.85"},
+        ],
     }
-    path = write("train_step", payload)
+    path = write("train_step" if args.size == "default" else "train_step_large", payload)
+    print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; model {flops / 1e9:.2f} GFLOP/step; "
+          f"MFU {100 * mfu:.1f}%")
     print(f"params: ours {params(ours):,}  x-transformers {params(xt):,}")
     for k, v in res.items():
         print(f"{k:<16} {v['tokens_per_s']:>10,.0f} tokens/s  (median {v['median_s'] * 1e3:.1f} ms)")

@@ -3,8 +3,16 @@ import dataclasses
 import pytest
 
 from formerlab import ModelConfig, Registry, TrainConfig
-from formerlab.config import config_hash
-from formerlab.lab.experiments.extrapolation import ExtrapolationConfig
+from formerlab.config import Config, config_hash
+
+
+@dataclasses.dataclass
+class StudyConfig(Config):
+    """A nested config as the lab's experiments declare them."""
+
+    train_len: int = 128
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
 
 def test_round_trip_model_and_train(tmp_path):
@@ -17,8 +25,8 @@ def test_round_trip_model_and_train(tmp_path):
 
 
 def test_nested_round_trip():
-    cfg = ExtrapolationConfig(train_len=32, model=ModelConfig(hidden_size=48, num_heads=3))
-    back = ExtrapolationConfig.from_dict(cfg.to_dict())
+    cfg = StudyConfig(train_len=32, model=ModelConfig(hidden_size=48, num_heads=3, window=8))
+    back = StudyConfig.from_dict(cfg.to_dict())
     assert back == cfg
     assert isinstance(back.model, ModelConfig)
 

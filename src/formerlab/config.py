@@ -60,12 +60,17 @@ class Config:
             )
         hints = typing.get_type_hints(cls)
         kwargs: dict[str, Any] = {}
-        for key, value in data.items():
+        for key, value in cls._prepare(data).items():
             tp = _unwrap_optional(hints.get(key))
             if isinstance(tp, type) and issubclass(tp, Config) and isinstance(value, dict):
                 value = tp.from_dict(value)
             kwargs[key] = value
         return cls(**kwargs)
+
+    @classmethod
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Hook: rewrite accepted aliases of a dict into the dataclass's own fields."""
+        return data
 
     @classmethod
     def coerce(cls: type[C], obj: C | dict[str, Any]) -> C:

@@ -160,16 +160,8 @@ class ModelConfig(Config):
                 "logn_base_length"]
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        if not isinstance(data, dict):
-            raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(data).__name__}")
-        allowed = cls.allowed_keys()
-        unknown = sorted(set(data) - set(allowed))
-        if unknown:
-            raise ValueError(
-                f"unknown ModelConfig key(s) {unknown}; allowed keys: {', '.join(allowed)}"
-            )
-        return super().from_dict(_route_flat_keys(data))
+    def _prepare(cls, data: dict[str, Any]) -> dict[str, Any]:
+        return _route_flat_keys(data)
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with ``changes`` applied; flat keys (``window=``, ``logn=`` ...) reach the

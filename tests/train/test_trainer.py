@@ -132,7 +132,7 @@ def test_summary_losses_and_dict_batches(tmp_path):
 
 
 def test_bf16_autocast_keeps_float32_weights_and_frequencies(tmp_path):
-    fp32, s32 = run(tmp_path / "a", steps=3)
+    _fp32, s32 = run(tmp_path / "a", steps=3)
     bf16, s16 = run(tmp_path / "b", steps=3, precision="bf16")
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())
     assert bf16.model.rotary.inv_freq.dtype == torch.float32

@@ -5,9 +5,12 @@ fence (```text, ```bash)."""
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
+
+from formerlab.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -25,4 +28,19 @@ def test_the_docs_have_examples():
                          ids=[f"{p.relative_to(ROOT)}[{i}]" for p, i, _ in BLOCKS])
 def test_block_runs(page, index, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, f"{page.relative_to(ROOT)}[{index}]", "exec"), {"__name__": "__docs__"})
+    saved = _registries()
+    try:
+        exec(compile(code, f"{page.relative_to(ROOT)}[{index}]", "exec"), {"__name__": "__docs__"})
+    finally:  # an example that registers a toy mixer or experiment leaves no trace
+        for reg, (items, aliases, meta) in saved.items():
+            reg._items, reg._aliases, reg._meta = items, aliases, meta
+
+
+def _registries() -> dict[Registry, tuple[dict, dict, dict]]:
+    regs = {}
+    for name, mod in list(sys.modules.items()):
+        if name.startswith("formerlab") and mod is not None:
+            for value in vars(mod).values():
+                if isinstance(value, Registry):
+                    regs[value] = (dict(value._items), dict(value._aliases), dict(value._meta))
+    return regs

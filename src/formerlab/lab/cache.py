@@ -1,8 +1,8 @@
 """Trained checkpoints cached by config hash, so repeated lab runs reuse them.
 
 The cache key hashes the model config, the train config, the corpus identity and a format
-version. A cached model lives in ``<cache>/<hash>/final``; an interrupted training resumes from
-``<cache>/<hash>/checkpoints`` on the next run. The cache root is ``--cache-dir``, else
+version. A cached model lives in ``<cache>/checkpoints/<hash>/final``; an interrupted training
+resumes from ``<cache>/checkpoints/<hash>/checkpoints`` on the next run. The cache root is ``--cache-dir``, else
 ``$FORMERLAB_CACHE``, else ``~/.cache/formerlab``.
 """
 

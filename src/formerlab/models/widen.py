@@ -20,9 +20,10 @@ RoPE (q/k channels)                   ``half`` layout: plain ``R``; ``interleave
 
 The post prints ``b̃₂ = ½ b₂`` (k = 2) and keeps ε; both break exactness (regression tests in
 ``tests/models/test_widen.py`` measure by how much). RoPE is not exact with the standard θ
-schedule, which depends on the head size; ``exact_rope=True`` installs the original frequencies
-repeated per pair (``inv_freq[p div k]``) on the widened model's rotary buffer, which is exact
-(it is reset if the position schedule is changed afterwards).
+schedule, which depends on the head size; ``exact_rope=True`` repeats every frequency of the
+original schedule per pair (``inv_freq[p div k]``) through the config's
+``position.rope_freq_repeat``, which is exact, survives save/load and is kept when the position
+schedule is changed afterwards (the new schedule is computed for the original width and repeated).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ exact probabilities. Unlike :class:`~formerlab.tokenize.UnigramTokenizer` it doe
 256 single bytes, so toy vocabularies (the post's "watching" example) can be studied exactly; a
 text it cannot segment raises ``ValueError``.
 
-Conventions (see :mod:`.reference`): canonical arrival order = end ascending, longer pieces first;
+Conventions (see :mod:`.reference`): canonical arrival order = end ascending, shorter pieces first;
 Viterbi ties go to the longest last piece; samplers take ``generator: torch.Generator | None`` and
 draw one 64-bit seed per text from it (``None`` → fresh OS entropy; global RNG never touched).
 """
@@ -138,7 +138,7 @@ class UnigramLattice:
 
     # -- oracle-style helpers (pure Python) ---------------------------------------------------
     def matches(self, text: str | bytes) -> list[ref.Match]:
-        """All ``(start, end, score)`` matches in canonical order (end ascending, longer first)."""
+        """All ``(start, end, score)`` matches in canonical order (end ascending, shorter first)."""
         return ref.find_matches(as_bytes(text), self.vocab, self.max_piece_bytes)
 
     def enumerate_segmentations(

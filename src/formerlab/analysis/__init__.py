@@ -16,6 +16,15 @@ from .gaussian import (
     gaussian_w2,
     sqrtm_psd,
 )
+from .geometry import ORTHOGONAL_MAPS, apply_orthogonal_map, orthogonal_map
+from .similarity import (
+    BlockCosine,
+    blockwise_cosine,
+    cosine,
+    local_global_counterexample,
+    model_update_alignment,
+    pearson_via_cosine,
+)
 from .textdist import (
     TEXT_DISTANCES,
     TopK,
@@ -31,6 +40,15 @@ from .textdist import (
 from .transport import TRANSPORT_SOLVERS, emd, sinkhorn
 
 __all__ = [
+    "ORTHOGONAL_MAPS",
+    "BlockCosine",
+    "apply_orthogonal_map",
+    "blockwise_cosine",
+    "cosine",
+    "local_global_counterexample",
+    "model_update_alignment",
+    "orthogonal_map",
+    "pearson_via_cosine",
     "IG_MODES",
     "QUADRATURES",
     "TOKEN_REDUCTIONS",

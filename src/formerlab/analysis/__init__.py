@@ -17,6 +17,12 @@ from .gaussian import (
     sqrtm_psd,
 )
 from .geometry import ORTHOGONAL_MAPS, apply_orthogonal_map, orthogonal_map
+from .logistic import (
+    fit_gaussian_binary_classifier,
+    fit_gaussian_linear_classifier,
+    fit_gaussian_linear_regression,
+    shared_covariance,
+)
 from .similarity import (
     BlockCosine,
     blockwise_cosine,
@@ -59,6 +65,10 @@ __all__ = [
     "TRANSPORT_SOLVERS",
     "TopK",
     "emd",
+    "fit_gaussian_binary_classifier",
+    "fit_gaussian_linear_classifier",
+    "fit_gaussian_linear_regression",
+    "shared_covariance",
     "gaussian_bhattacharyya",
     "gaussian_entropy",
     "gaussian_hellinger",

@@ -74,14 +74,31 @@ def word_vectors(minilm_tokenizer, word_embeddings):
 
 @pytest.fixture(scope="session")
 def docstrings() -> list[str]:
-    """First lines of public docstrings of a few standard-library modules (real, varied text)."""
+    """First paragraphs of public docstrings of standard-library modules (real, varied text)."""
+    import argparse
     import collections
+    import csv
+    import datetime
+    import decimal
+    import fractions
+    import functools
+    import heapq
+    import itertools
     import json
+    import logging
     import os.path
+    import pathlib
+    import random
+    import re
+    import shutil
+    import statistics
+    import string
     import textwrap
 
     out: list[str] = []
-    for mod in (json, collections, os.path, textwrap, inspect):
+    for mod in (json, collections, os.path, textwrap, inspect, functools, pathlib, argparse,
+                logging, string, re, itertools, datetime, decimal, fractions,
+                statistics, heapq, random, shutil, csv):
         for name, obj in sorted(vars(mod).items()):
             doc = inspect.getdoc(obj) if not name.startswith("_") else None
             if doc:
@@ -96,3 +113,22 @@ def minilm_encoder(minilm_dir):
     from formerlab.models.encoder import Encoder
 
     return Encoder.from_pretrained(minilm_dir).eval()
+
+
+@pytest.fixture(scope="session")
+def sentence_embeddings(minilm_dir, minilm_encoder, docstrings) -> torch.Tensor:
+    """Mean-pooled MiniLM embeddings ``(256, 384)`` of 256 docstrings (24 tokens at most)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(minilm_dir / "tokenizer.json"))
+    tok.enable_truncation(24)
+    tok.enable_padding()
+    texts = docstrings[:256]
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), 64):
+            batch = tok.encode_batch(texts[i:i + 64])
+            ids = torch.tensor([e.ids for e in batch])
+            mask = torch.tensor([e.attention_mask for e in batch])
+            hidden = minilm_encoder(ids, attention_mask=mask).last_hidden_state
+            out.append((hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True))
+    return torch.cat(out)

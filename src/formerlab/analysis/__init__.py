@@ -17,6 +17,16 @@ from .gaussian import (
     sqrtm_psd,
 )
 from .geometry import ORTHOGONAL_MAPS, apply_orthogonal_map, orthogonal_map
+from .hubness import (
+    HUBNESS_METRICS,
+    hub_filtered_normal,
+    hubness_skewness,
+    hubness_stats,
+    k_nearest,
+    k_occurrence,
+    robin_hood_index,
+    unit_ball_cube_ratio,
+)
 from .logistic import (
     fit_gaussian_binary_classifier,
     fit_gaussian_linear_classifier,
@@ -46,6 +56,14 @@ from .textdist import (
 from .transport import TRANSPORT_SOLVERS, emd, sinkhorn
 
 __all__ = [
+    "HUBNESS_METRICS",
+    "hub_filtered_normal",
+    "hubness_skewness",
+    "hubness_stats",
+    "k_nearest",
+    "k_occurrence",
+    "robin_hood_index",
+    "unit_ball_cube_ratio",
     "ORTHOGONAL_MAPS",
     "BlockCosine",
     "apply_orthogonal_map",

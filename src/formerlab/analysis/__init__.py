@@ -8,6 +8,7 @@ from .attribution import (
     embedding_ig,
     token_scores,
 )
+from .entropy import EntropyRecorder, EntropySummary, attention_entropy
 from .gaussian import (
     gaussian_bhattacharyya,
     gaussian_entropy,
@@ -56,6 +57,9 @@ from .textdist import (
 from .transport import TRANSPORT_SOLVERS, emd, sinkhorn
 
 __all__ = [
+    "EntropyRecorder",
+    "EntropySummary",
+    "attention_entropy",
     "HUBNESS_METRICS",
     "hub_filtered_normal",
     "hubness_skewness",

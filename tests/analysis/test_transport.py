@@ -150,6 +150,20 @@ def test_sinkhorn_equals_pot_sinkhorn2_value_and_gradients(real_problems):
         torch.testing.assert_close(gp - gp.mean(), pk.grad - pk.grad.mean(), rtol=0, atol=1e-8)
 
 
+def test_log_domain_sinkhorn_for_small_reg_equals_pot_sinkhorn_log():
+    """ε far below the cost range: exp(−C/ε) underflows, so the log-domain iterations run."""
+    g = torch.Generator().manual_seed(8)
+    cost = torch.rand(3, 6, 5, generator=g, dtype=F64) * 2
+    p, q = _weights(g, 3, 6), _weights(g, 3, 5)
+    reg = 2e-3  # cost range / ε ≈ 1000 > the scaling domain's limit
+    ours = sinkhorn(p, q, cost, reg, numItermax=5000)
+    for k in range(3):
+        ref = ot.sinkhorn2(p[k].numpy(), q[k].numpy(), cost[k].numpy(), reg,
+                           method="sinkhorn_log", numItermax=5000, stopThr=1e-9)
+        assert abs(float(ours[k]) - float(ref)) < 1e-6
+    assert float((ours - emd(p, q, cost)).abs().max()) < 0.01
+
+
 def test_sinkhorn_approaches_exact_as_reg_shrinks():
     g = torch.Generator().manual_seed(6)
     cost = torch.rand(4, 6, 6, generator=g, dtype=F64)

@@ -21,6 +21,9 @@ complete bipartite graph (Dantzig 1951, the "u–v" method):
    flows alternate ``+θ / −θ`` around it, ``θ`` = the smallest flow on a ``−`` cell, which leaves.
 
 Flows stay non-negative exactly (``x − θ ≥ 0`` in floating point when ``x ≥ θ``).
+
+Uniform masses on two sets of the same size (WMD between equal-length sentences) are an
+assignment problem: :func:`assignment` solves it by shortest augmenting paths instead.
 """
 
 from __future__ import annotations
@@ -281,6 +284,115 @@ def transport_simplex(a, b, C, plan, u, v, max_iter, tol):
 
 
 @jit
+def assignment(C, plan, u, v, mass):
+    """Uniform masses on equal sizes: the LP optimum is a permutation (Birkhoff–von Neumann),
+    found by shortest augmenting paths with potentials (Jonker–Volgenant; the scheme of
+    ``scipy.optimize.linear_sum_assignment``, Crouse 2016). Writes ``plan = mass·P`` and the
+    dual ``(u, v)`` (``u_i + v_j ≤ C_ij``, tight on the permutation); returns the cost."""
+    n = C.shape[0]
+    col4row = np.full(n, -1, np.int64)
+    row4col = np.full(n, -1, np.int64)
+    # column reduction: v_j = min_i C_ij (dual feasible with u = 0); a column's cheapest row
+    # takes it when that row is still free (a tight pair), the rest go through augmentation
+    for i in range(n):
+        u[i] = 0.0
+    for j in range(n):
+        best = 0
+        for i in range(1, n):
+            if C[i, j] < C[best, j]:
+                best = i
+        v[j] = C[best, j]
+        if col4row[best] < 0:
+            col4row[best] = j
+            row4col[j] = best
+    shortest = np.empty(n)
+    path = np.empty(n, np.int64)
+    remaining = np.empty(n, np.int64)
+    seen_row = np.empty(n, np.bool_)
+    seen_col = np.empty(n, np.bool_)
+    for cur in range(n):
+        if col4row[cur] >= 0:
+            continue
+        for j in range(n):
+            shortest[j] = np.inf
+            path[j] = -1
+            remaining[j] = n - 1 - j
+            seen_row[j] = False
+            seen_col[j] = False
+        left = n
+        min_val = 0.0
+        i = cur
+        sink = -1
+        while sink < 0:
+            seen_row[i] = True
+            lowest = np.inf
+            index = -1
+            ui = u[i]
+            for it in range(left):
+                j = remaining[it]
+                r = min_val + C[i, j] - ui - v[j]
+                if r < shortest[j]:
+                    path[j] = i
+                    shortest[j] = r
+                if shortest[j] < lowest or (shortest[j] == lowest and row4col[j] < 0):
+                    lowest = shortest[j]
+                    index = it
+            min_val = lowest
+            j = remaining[index]
+            if row4col[j] < 0:
+                sink = j
+            else:
+                i = row4col[j]
+            seen_col[j] = True
+            left -= 1
+            remaining[index] = remaining[left]
+        u[cur] += min_val
+        for r in range(n):
+            if seen_row[r] and r != cur:
+                u[r] += min_val - shortest[col4row[r]]
+        for c in range(n):
+            if seen_col[c]:
+                v[c] -= min_val - shortest[c]
+        j = sink
+        while True:
+            i = path[j]
+            row4col[j] = i
+            nxt = col4row[i]
+            col4row[i] = j
+            j = nxt
+            if i == cur:
+                break
+    cost = 0.0
+    for i in range(n):
+        for j in range(n):
+            plan[i, j] = 0.0
+        plan[i, col4row[i]] = mass
+        cost += mass * C[i, col4row[i]]
+    return cost
+
+
+@jit
+def _uniform(w):
+    for k in range(1, w.shape[0]):
+        if w[k] != w[0]:
+            return False
+    return True
+
+
+@jit
+def _solve_one(a, b, C, plan, u, v, max_iter, rtol):
+    """One problem with all masses positive (``b`` already rescaled to ``a``'s mass)."""
+    m, n = C.shape
+    if m == n and _uniform(a) and _uniform(b):
+        return assignment(C, plan, u, v, a[0]), 0, STATUS_OPTIMAL
+    scale = 0.0
+    for i in range(m):
+        for j in range(n):
+            scale = max(scale, abs(C[i, j]))
+    return transport_simplex(a, b, C, plan, u, v, max_iter, rtol * max(scale, 1e-300))
+
+
+@jit
 def emd_batch(A, B, Cs, plans, us, vs, costs, iters, status, max_iter, rtol):
     """Solve the problems ``(A[t], B[t], Cs[t])``; zero-mass rows and columns are dropped.
 
@@ -294,6 +406,11 @@ def emd_batch(A, B, Cs, plans, us, vs, costs, iters, status, max_iter, rtol):
         cols = np.nonzero(B[t] > 0)[0]
         m = rows.shape[0]
         n = cols.shape[0]
+        if m == m_all and n == n_all:  # no padding: solve in place
+            b = B[t] * (A[t].sum() / B[t].sum())
+            cost, it, st = _solve_one(A[t], b, Cs[t], plans[t], us[t], vs[t], max_iter, rtol)
+            costs[t], iters[t], status[t] = cost, it, st
+            continue
         a = np.empty(m)
         b = np.empty(n)
         for i in range(m):
@@ -302,20 +419,14 @@ def emd_batch(A, B, Cs, plans, us, vs, costs, iters, status, max_iter, rtol):
             b[j] = B[t, cols[j]]
         b *= a.sum() / b.sum()
         C = np.empty((m, n))
-        scale = 0.0
         for i in range(m):
             for j in range(n):
-                c = Cs[t, rows[i], cols[j]]
-                C[i, j] = c
-                if abs(c) > scale:
-                    scale = abs(c)
+                C[i, j] = Cs[t, rows[i], cols[j]]
         plan = np.empty((m, n))
         u = np.empty(m)
         v = np.empty(n)
-        cost, it, st = transport_simplex(a, b, C, plan, u, v, max_iter, rtol * max(scale, 1e-300))
-        costs[t] = cost
-        iters[t] = it
-        status[t] = st
+        cost, it, st = _solve_one(a, b, C, plan, u, v, max_iter, rtol)
+        costs[t], iters[t], status[t] = cost, it, st
         plans[t] = 0.0
         for i in range(m):
             us[t, rows[i]] = u[i]

@@ -78,36 +78,28 @@ def _check_pair(x: Tensor, y: Tensor, mask_x: Tensor | None, mask_y: Tensor | No
     return mx, my
 
 
-def _safe_sqrt(sq: Tensor) -> Tensor:
-    """``sqrt(max(sq, 0))`` with gradient 0 (not NaN) at 0."""
-    pos = sq > 0
-    return torch.where(pos, sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt(), torch.zeros_like(sq))
-
-
 def _norms(x: Tensor) -> Tensor:
-    return _safe_sqrt((x * x).sum(-1))
+    return torch.linalg.vector_norm(x, dim=-1)  # gradient 0 (not NaN) at a zero vector
 
 
 def _euclidean(x: Tensor, y: Tensor) -> Tensor:
     """``‖x_i − y_j‖`` by one matrix product; entries that the product's cancellation makes
     inaccurate (near-duplicate vectors, where ``‖x‖² + ‖y‖² − 2 x·y`` loses every digit) are
-    recomputed from the differences."""
-    x, y = torch.broadcast_tensors(x[..., :, None, :], y[..., None, :, :])
-    x, y = x[..., :, 0, :], y[..., 0, :, :]
-    nx, ny = (x * x).sum(-1)[..., :, None], (y * y).sum(-1)[..., None, :]
-    sq = nx + ny - 2 * x @ y.transpose(-1, -2)
-    close = sq <= 1e-4 * (nx + ny)
+    recomputed from the differences. At an exact duplicate the distance is ``√tiny ≈ 0`` with a
+    zero gradient (its difference vector is exactly zero)."""
+    total = _norms(x).square()[..., :, None] + _norms(y).square()[..., None, :]
+    sq = total - 2 * (x @ y.transpose(-1, -2))
+    close = sq <= 1e-4 * total
     if bool(close.any()):
-        idx = close.nonzero(as_tuple=True)
-        xi = x[(*idx[:-2], idx[-2])]
-        yj = y[(*idx[:-2], idx[-1])]
-        sq = sq.index_put(idx, ((xi - yj) ** 2).sum(-1))
-    return _safe_sqrt(sq)
+        xb, yb = torch.broadcast_tensors(x[..., :, None, :], y[..., None, :, :])
+        idx = close.expand(xb.shape[:-1]).nonzero(as_tuple=True)
+        sq = sq.expand(xb.shape[:-1]).index_put(idx, ((xb[idx] - yb[idx]) ** 2).sum(-1))
+    return sq.clamp_min(torch.finfo(sq.dtype).tiny).sqrt()
 
 
 def _unit(x: Tensor) -> Tensor:
-    n = _norms(x)[..., None]
-    return torch.where(n > 0, x / n.clamp_min(torch.finfo(x.dtype).tiny), torch.zeros_like(x))
+    """``x / ‖x‖`` (zero vectors stay zero)."""
+    return x / _norms(x)[..., None].clamp_min(torch.finfo(x.dtype).tiny)
 
 
 def _relaxed(p: Tensor, q: Tensor, cost: Tensor) -> Tensor:

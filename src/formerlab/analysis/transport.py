@@ -26,6 +26,7 @@ stays on the input's device and dtype.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -175,19 +176,60 @@ class _ExactEMD(torch.autograd.Function):
 # ---------------------------------------------------------------------------------- sinkhorn
 def _sinkhorn_potentials(log_p: Tensor, log_q: Tensor, cost: Tensor, reg: float,
                          numItermax: int, stopThr: float) -> tuple[Tensor, Tensor, int]:
-    """Log-domain Sinkhorn: ``γ_ij = exp((f_i + g_j − C_ij)/ε)``; returns ``(f, g, iterations)``."""
-    f = torch.zeros_like(log_p)
-    g = torch.zeros_like(log_q)
-    q = log_q.exp()
+    """Sinkhorn iterations on ``(B, m, n)`` costs; returns potentials ``(f, g, iterations)`` with
+    ``γ_ij = exp((f_i + g_j − C_ij)/ε)``.
+
+    When ``exp(−C/ε)`` cannot underflow (the cost range is below ~⅔ of the dtype's exponent
+    range in units of ε) the iterations run on the scaling vectors ``u, v`` (POT's
+    ``sinkhorn_knopp``); otherwise in the log domain with ``logsumexp`` (stable for any ε).
+    Every 10 iterations the problems whose column-marginal error (L2) is below ``stopThr`` leave
+    the batch, as they would stop if solved one at a time.
+    """
+    q_all = log_q.exp()
+    finite = torch.isfinite(cost)
+    lo = cost.masked_fill(~finite, float("inf")).amin((-2, -1), keepdim=True)
+    hi = cost.masked_fill(~finite, float("-inf")).amax((-2, -1), keepdim=True)
+    scaling = float((hi - lo).max()) / reg < 0.6 * math.log(torch.finfo(cost.dtype).max)
+    if scaling:
+        kernel = torch.exp(-(cost - lo) / reg)  # shifted by each problem's minimum cost
+        state = [kernel, kernel.transpose(-1, -2).contiguous(), log_p.exp(), q_all,
+                 torch.ones_like(log_p), torch.ones_like(log_q)]
+    else:
+        state = [cost, log_p, log_q, q_all, torch.zeros_like(log_p), torch.zeros_like(log_q)]
+    idx = torch.arange(cost.shape[0], device=cost.device)
+    out_a, out_b = state[-2].clone(), state[-1].clone()
     it = 0
     for it in range(1, numItermax + 1):
-        g = reg * (log_q - torch.logsumexp((f[..., :, None] - cost) / reg, dim=-2))
-        f = reg * (log_p - torch.logsumexp((g[..., None, :] - cost) / reg, dim=-1))
-        if it % 10 == 0 or it == numItermax:
-            col = torch.exp((f[..., :, None] + g[..., None, :] - cost) / reg).sum(-2)
-            if float((col - q).norm(dim=-1).max()) < stopThr:
+        if scaling:
+            k, kt, p, q, u, v = state
+            v = q / (u[:, None, :] @ k)[:, 0]
+            u = p / (v[:, None, :] @ kt)[:, 0]
+            state[4], state[5] = u, v
+        else:
+            c, lp, lq, q, f, g = state
+            g = reg * (lq - torch.logsumexp((f[..., :, None] - c) / reg, dim=-2))
+            f = reg * (lp - torch.logsumexp((g[..., None, :] - c) / reg, dim=-1))
+            state[4], state[5] = f, g
+        if it % 10 and it != numItermax:
+            continue
+        if scaling:
+            col = state[5] * (state[4][:, None, :] @ state[0])[:, 0]
+        else:
+            col = torch.exp((state[4][..., :, None] + state[5][..., None, :] - state[0])
+                            / reg).sum(-2)
+        done = (col - state[3]).norm(dim=-1) < stopThr
+        if bool(done.any()):
+            out_a[idx[done]], out_b[idx[done]] = state[4][done], state[5][done]
+            keep = ~done
+            idx = idx[keep]
+            state = [t[keep] for t in state]
+            if len(idx) == 0:
                 break
-    return f, g, it
+    if len(idx):
+        out_a[idx], out_b[idx] = state[4], state[5]
+    if scaling:
+        return reg * torch.log(out_a) + lo[..., 0], reg * torch.log(out_b), it
+    return out_a, out_b, it
 
 
 class _SinkhornValue(torch.autograd.Function):

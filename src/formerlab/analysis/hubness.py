@@ -48,33 +48,39 @@ __all__ = [
     "unit_ball_cube_ratio",
 ]
 
-#: name -> fn(queries, data, state) -> (chunk, N) scores, lower = nearer; ``state`` holds
-#: per-data-point precomputations (norms, CSLS radii).
+#: name -> fn(queries, data, state, out) writing ``(chunk, N)`` scores into ``out`` (lower =
+#: nearer); ``state`` holds per-data-point precomputations (norms, unit vectors, CSLS radii).
 HUBNESS_METRICS: Registry[Callable[..., Tensor]] = Registry("hubness metric")
 
 
 @HUBNESS_METRICS.register("sqeuclidean")
-def _sqeuclidean(q: Tensor, x: Tensor, state: dict) -> Tensor:
+def _sqeuclidean(q: Tensor, x: Tensor, state: dict, out: Tensor) -> Tensor:
+    """``‖q‖² + ‖x‖² − 2 q·x`` (ranking per query row; tiny negatives from rounding kept)."""
     if "sq" not in state:
         state["sq"] = (x * x).sum(-1)
-    return ((q * q).sum(-1)[:, None] + state["sq"][None] - 2 * q @ x.T).clamp_min(0)
+    torch.addmm(state["sq"][None], q, x.T, alpha=-2, out=out)
+    return out.add_((q * q).sum(-1)[:, None])
 
 
 def _unit(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
-@HUBNESS_METRICS.register("cosine")
-def _cosine(q: Tensor, x: Tensor, state: dict) -> Tensor:
+def _cos_into(q: Tensor, x: Tensor, state: dict, out: Tensor) -> Tensor:
     if "unit" not in state:
         state["unit"] = _unit(x)
-    return 1 - _unit(q) @ state["unit"].T
+    return torch.matmul(_unit(q), state["unit"].T, out=out)
+
+
+@HUBNESS_METRICS.register("cosine")
+def _cosine(q: Tensor, x: Tensor, state: dict, out: Tensor) -> Tensor:
+    return _cos_into(q, x, state, out).neg_().add_(1)
 
 
 @HUBNESS_METRICS.register("csls", needs_radius=True)
-def _csls(q: Tensor, x: Tensor, state: dict) -> Tensor:
+def _csls(q: Tensor, x: Tensor, state: dict, out: Tensor) -> Tensor:
     # ranking per query: −(2 cos(q, y) − r(y)); the query's own r(q) is a constant per row
-    return -(2 * (1 - _cosine(q, x, state)) - state["radius"][None])
+    return _cos_into(q, x, state, out).mul_(-2).add_(state["radius"][None])
 
 
 def _chunks(n: int, chunk_size: int | None) -> int:
@@ -85,22 +91,29 @@ def _chunks(n: int, chunk_size: int | None) -> int:
     return chunk_size
 
 
-def _scan(X: Tensor, k: int, score: Callable[[Tensor, Tensor, dict], Tensor], state: dict,
+def _scan(X: Tensor, k: int, score: Callable[..., Tensor], state: dict,
           chunk_size: int | None, exclude_self: bool, largest: bool = False
           ) -> tuple[Tensor, Tensor]:
-    """Top-k scores and indices of every row of ``X`` against ``X``, chunk by chunk."""
+    """Top-k scores and indices of every row of ``X`` against ``X``, chunk by chunk.
+
+    One score buffer is allocated and reused, and the results are written into preallocated
+    outputs: interleaving small long-lived tensors with large short-lived ones would fragment
+    the allocator's heap and grow the memory of a large scan without bound.
+    """
     n = X.shape[0]
-    step = _chunks(n, chunk_size)
-    vals, idx = [], []
+    step = min(_chunks(n, chunk_size), n)
+    buf = torch.empty(step, n, dtype=X.dtype, device=X.device)
+    vals = torch.empty(n, k, dtype=X.dtype, device=X.device)
+    idx = torch.empty(n, k, dtype=torch.long, device=X.device)
+    rows = torch.arange(step, device=X.device)
+    fill = -math.inf if largest else math.inf
     for start in range(0, n, step):
-        s = score(X[start:start + step], X, state)
+        r = min(step, n - start)
+        s = score(X[start:start + r], X, state, buf[:r])
         if exclude_self:
-            rows = torch.arange(s.shape[0], device=X.device)
-            s[rows, rows + start] = -math.inf if largest else math.inf
-        v, i = torch.topk(s, k, dim=1, largest=largest)
-        vals.append(v)
-        idx.append(i)
-    return torch.cat(vals), torch.cat(idx)
+            s[rows[:r], rows[:r] + start] = fill
+        torch.topk(s, k, dim=1, largest=largest, out=(vals[start:start + r], idx[start:start + r]))
+    return vals, idx
 
 
 def _check(X: Tensor, k: int, exclude_self: bool) -> None:
@@ -128,8 +141,8 @@ def k_nearest(X: Tensor, k: int = 10, *, metric: str = "sqeuclidean", chunk_size
     if HUBNESS_METRICS.meta(metric).get("needs_radius"):
         if not 1 <= csls_k < X.shape[0]:
             raise ValueError(f"csls_k must be in [1, {X.shape[0] - 1}], got {csls_k}")
-        sims, _ = _scan(X, csls_k, lambda q, x, st: 1 - _cosine(q, x, st), state, chunk_size,
-                        exclude_self=True, largest=True)
+        sims, _ = _scan(X, csls_k, _cos_into, state, chunk_size, exclude_self=True,
+                        largest=True)
         state["radius"] = sims.mean(-1)
     _, idx = _scan(X, k, fn, state, chunk_size, exclude_self)
     return idx

@@ -88,6 +88,24 @@ def test_dual_is_feasible_and_tight():
     assert status == kernels.STATUS_OPTIMAL and abs(val - vals[0]) < 1e-12
 
 
+def test_degenerate_problems_with_ties():
+    """Small integer costs (many ties, degenerate bases): both exact paths — the assignment
+    solver (uniform masses, equal sizes) and the simplex — still reach POT's optimum."""
+    rng = np.random.default_rng(9)
+    for _ in range(60):
+        m, n = (int(v) for v in rng.integers(2, 10, size=2))
+        cost = rng.integers(0, 4, (m, n)).astype(float)
+        for p, q in [(np.full(m, 1 / m), np.full(n, 1 / n)),
+                     (rng.integers(1, 4, m) / 1.0, rng.integers(1, 4, n) / 1.0)]:
+            p, q = p / p.sum(), q / q.sum()
+            ours = emd(torch.tensor(p), torch.tensor(q), torch.tensor(cost))
+            assert abs(float(ours) - ot.emd2(p, q, cost)) < 1e-12
+        square = rng.integers(0, 4, (m, m)).astype(float)
+        u = np.full(m, 1 / m)
+        ours = emd(torch.tensor(u), torch.tensor(u), torch.tensor(square))
+        assert abs(float(ours) - ot.emd2(u, u, square)) < 1e-12
+
+
 def test_zero_weights_are_padding():
     g = torch.Generator().manual_seed(3)
     cost = torch.rand(6, 8, generator=g, dtype=F64)

@@ -284,6 +284,69 @@ def transport_simplex(a, b, C, plan, u, v, max_iter, tol):
 
 
 @jit
+def _augmenting_row_reduction(C, v, col4row, row4col):
+    """Jonker–Volgenant's augmenting row reduction (two passes over the free rows).
+
+    A free row takes its cheapest column (reduced cost ``C_ij − v_j``) and lowers that column's
+    ``v`` by the gap to its second cheapest, displacing the previous owner, which is served next.
+    ``v`` only decreases, so every reduced cost stays ``≥ 0`` and matched pairs stay tight
+    (with ``u_i = C_i,c(i) − v_c(i)``).
+    """
+    n = C.shape[0]
+    free = np.empty(n, np.int64)
+    nfree = 0
+    for i in range(n):
+        if col4row[i] < 0:
+            free[nfree] = i
+            nfree += 1
+    budget = 4 * n * n  # guards against long displacement chains on ties
+    for _ in range(2):
+        k = 0
+        prev = nfree
+        nfree = 0
+        while k < prev and budget > 0:
+            budget -= 1
+            i = free[k]
+            k += 1
+            u1 = np.inf
+            u2 = np.inf
+            j1 = 0
+            j2 = -1
+            for j in range(n):
+                h = C[i, j] - v[j]
+                if h < u2:
+                    if h >= u1:
+                        u2 = h
+                        j2 = j
+                    else:
+                        u2 = u1
+                        j2 = j1
+                        u1 = h
+                        j1 = j
+            i0 = row4col[j1]
+            if u1 < u2:
+                v[j1] -= u2 - u1
+            elif i0 >= 0 and j2 >= 0:
+                j1 = j2
+                i0 = row4col[j1]
+            if i0 >= 0:
+                col4row[i0] = -1
+            col4row[i] = j1
+            row4col[j1] = i
+            if i0 >= 0:
+                if u1 < u2:
+                    k -= 1
+                    free[k] = i0
+                else:
+                    free[nfree] = i0
+                    nfree += 1
+        while k < prev:  # budget exhausted: keep the rest free for augmentation
+            free[nfree] = free[k]
+            nfree += 1
+            k += 1
+
+
+@jit
 def assignment(C, plan, u, v, mass):
     """Uniform masses on equal sizes: the LP optimum is a permutation (Birkhoff–von Neumann),
     found by shortest augmenting paths with potentials (Jonker–Volgenant; the scheme of
@@ -294,8 +357,6 @@ def assignment(C, plan, u, v, mass):
     row4col = np.full(n, -1, np.int64)
     # column reduction: v_j = min_i C_ij (dual feasible with u = 0); a column's cheapest row
     # takes it when that row is still free (a tight pair), the rest go through augmentation
-    for i in range(n):
-        u[i] = 0.0
     for j in range(n):
         best = 0
         for i in range(1, n):
@@ -305,6 +366,9 @@ def assignment(C, plan, u, v, mass):
         if col4row[best] < 0:
             col4row[best] = j
             row4col[j] = best
+    _augmenting_row_reduction(C, v, col4row, row4col)
+    for i in range(n):  # u: tight on matched pairs, 0 on free rows (C_ij − v_j ≥ 0 for all)
+        u[i] = C[i, col4row[i]] - v[col4row[i]] if col4row[i] >= 0 else 0.0
     shortest = np.empty(n)
     path = np.empty(n, np.int64)
     remaining = np.empty(n, np.int64)

@@ -11,7 +11,8 @@ captum, k-occurrence vs scikit-learn.
   the same forward function and ``n_steps`` (an MLP and a small Transformer encoder through
   ``inputs_embeds``). Target ≥ 1.0×.
 - ``hubness``: ``k_occurrence`` on 50 000 points (chunked) vs ``NearestNeighbors`` +
-  ``kneighbors`` + ``bincount``; peak memory of each measured in a fresh process. Target ≥ 1.0×.
+  ``kneighbors`` + ``bincount``; each run in a fresh process, whose peak RSS above its level
+  before the call is reported (the kernel's high-water mark, reset first). Target ≥ 1.0×.
 
 Everything runs single-threaded (torch and BLAS/OpenMP) so that both sides get one core. Ratios
 are peer time / formerlab time from interleaved runs; results go to
@@ -26,7 +27,6 @@ import argparse
 import importlib.util
 import multiprocessing as mp
 import os
-import resource
 import sys
 import time
 from pathlib import Path
@@ -104,6 +104,21 @@ def bench_emd(repeats: int) -> dict:
                   "speedup_vs_pot_numpy": _ratio(t, "pot_numpy", "formerlab"),
                   "speedup_vs_pot_torch": _ratio(t, "pot_torch", "formerlab")}
 
+    # the same WMD on float32 vectors (as stored in the model): float32 cost products, float64 LP
+    x32, y32 = x.float(), y.float()
+    x32n, y32n = x32.numpy(), y32.numpy()
+
+    def pot_wmd_numpy32():
+        return [ot.emd2(uni, uni, ot.dist(x32n[i], y32n[i], metric="euclidean"))
+                for i in range(pairs)]
+
+    ref = np.array(pot_wmd_numpy32())
+    t = interleaved({"formerlab": lambda: wmd(x32, y32), "pot_numpy": pot_wmd_numpy32},
+                    repeats=repeats, warmup=1)
+    out["wmd_float32"] = {"times": t, "max_abs_diff": float(np.abs(wmd(x32, y32).numpy()
+                                                                   - ref).max()),
+                          "speedup_vs_pot_numpy": _ratio(t, "pot_numpy", "formerlab")}
+
     # EMD on precomputed costs (uniform masses): the solvers alone
     costs = torch.cdist(x, y)
     cn = np.ascontiguousarray(costs.numpy())
@@ -178,8 +193,24 @@ def bench_ig(repeats: int) -> dict:
     return out
 
 
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's RSS high-water mark (Linux ≥ 4.0); False if unavailable."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def _hub_worker(which: str, n: int, dim: int, k: int, queue) -> None:
-    """Run one candidate once in a fresh process; report time and extra peak RSS."""
+    """Run one candidate once in a fresh process; report time and peak RSS above the start."""
     _limit_threads()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, dim, generator=g)
@@ -189,7 +220,8 @@ def _hub_worker(which: str, n: int, dim: int, k: int, queue) -> None:
         xn = x.numpy()
     else:
         from formerlab.analysis import k_occurrence
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    ok = _reset_peak_rss()
+    base = _status_kib("VmRSS")
     t0 = time.perf_counter()
     if which == "sklearn":
         ind = NearestNeighbors(n_neighbors=k + 1).fit(xn).kneighbors(xn, return_distance=False)
@@ -197,8 +229,8 @@ def _hub_worker(which: str, n: int, dim: int, k: int, queue) -> None:
     else:
         counts = k_occurrence(x, k).numpy()
     elapsed = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base  # KiB on Linux
-    queue.put((which, elapsed, peak / 1024, counts))
+    peak = (_status_kib("VmHWM") - base) / 1024 if ok else float("nan")
+    queue.put((which, elapsed, peak, counts))
 
 
 def bench_hubness(points: int, repeats: int) -> dict:
@@ -236,7 +268,7 @@ def main() -> None:
     payload: dict = {"threads": 1, "pid": os.getpid()}
     if "emd" in which:
         payload["emd"] = bench_emd(args.repeats)
-        for case in ("wmd", "emd_uniform_costs", "wrd", "sinkhorn"):
+        for case in ("wmd", "wmd_float32", "emd_uniform_costs", "wrd", "sinkhorn"):
             r = payload["emd"][case]
             extra = f", vs POT-torch {r['speedup_vs_pot_torch']:.1f}x" if case == "wmd" else ""
             print(f"{case:18s} vs POT-numpy {r['speedup_vs_pot_numpy']:.1f}x{extra}")

@@ -103,7 +103,7 @@ def _demo(alphas: np.ndarray) -> np.ndarray:
     return alphas
 
 
-# ------------------------------------------------------------------------------------ helpers
+# ---------------------------------------------------------------------------- input formatting
 def _as_tuple(x: Any) -> tuple[Any, ...]:
     return tuple(x) if isinstance(x, (tuple, list)) else (x,)
 

@@ -168,18 +168,22 @@ def test_sinkhorn_equals_pot_sinkhorn2_value_and_gradients(real_problems):
         torch.testing.assert_close(gp - gp.mean(), pk.grad - pk.grad.mean(), rtol=0, atol=1e-8)
 
 
-def test_log_domain_sinkhorn_for_small_reg_equals_pot_sinkhorn_log():
-    """ε far below the cost range: exp(−C/ε) underflows, so the log-domain iterations run."""
+def test_log_domain_sinkhorn_equals_pot_sinkhorn_log_and_is_chosen_for_small_reg():
     g = torch.Generator().manual_seed(8)
-    cost = torch.rand(3, 6, 5, generator=g, dtype=F64) * 2
+    cost = torch.rand(3, 6, 5, generator=g, dtype=F64)
     p, q = _weights(g, 3, 6), _weights(g, 3, 5)
-    reg = 2e-3  # cost range / ε ≈ 1000 > the scaling domain's limit
-    ours = sinkhorn(p, q, cost, reg, numItermax=5000)
+    ours = sinkhorn(p, q, cost, 0.05, method="sinkhorn_log")
+    torch.testing.assert_close(ours, sinkhorn(p, q, cost, 0.05, method="sinkhorn"))
     for k in range(3):
-        ref = ot.sinkhorn2(p[k].numpy(), q[k].numpy(), cost[k].numpy(), reg,
-                           method="sinkhorn_log", numItermax=5000, stopThr=1e-9)
-        assert abs(float(ours[k]) - float(ref)) < 1e-6
-    assert float((ours - emd(p, q, cost)).abs().max()) < 0.01
+        ref = ot.sinkhorn2(p[k].numpy(), q[k].numpy(), cost[k].numpy(), 0.05,
+                           method="sinkhorn_log", stopThr=1e-9)
+        assert abs(float(ours[k]) - float(ref)) < 1e-9
+    # ε far below the cost range: exp(−C/ε) would underflow, the log domain runs by itself
+    tiny = sinkhorn(p, q, cost, 2e-3, numItermax=1500)
+    assert bool(torch.isfinite(tiny).all())
+    assert float((tiny - emd(p, q, cost)).abs().max()) < 0.02
+    with pytest.raises(ValueError, match="sinkhorn_log"):
+        sinkhorn(p, q, cost, 0.1, method="greenkhorn")
 
 
 def test_sinkhorn_approaches_exact_as_reg_shrinks():

@@ -175,7 +175,8 @@ class _ExactEMD(torch.autograd.Function):
 
 # ---------------------------------------------------------------------------------- sinkhorn
 def _sinkhorn_potentials(log_p: Tensor, log_q: Tensor, cost: Tensor, reg: float,
-                         numItermax: int, stopThr: float) -> tuple[Tensor, Tensor, int]:
+                         numItermax: int, stopThr: float, method: str | None = None
+                         ) -> tuple[Tensor, Tensor, int]:
     """Sinkhorn iterations on ``(B, m, n)`` costs; returns potentials ``(f, g, iterations)`` with
     ``γ_ij = exp((f_i + g_j − C_ij)/ε)``.
 
@@ -189,7 +190,8 @@ def _sinkhorn_potentials(log_p: Tensor, log_q: Tensor, cost: Tensor, reg: float,
     finite = torch.isfinite(cost)
     lo = cost.masked_fill(~finite, float("inf")).amin((-2, -1), keepdim=True)
     hi = cost.masked_fill(~finite, float("-inf")).amax((-2, -1), keepdim=True)
-    scaling = float((hi - lo).max()) / reg < 0.6 * math.log(torch.finfo(cost.dtype).max)
+    safe = float((hi - lo).max()) / reg < 0.6 * math.log(torch.finfo(cost.dtype).max)
+    scaling = safe if method is None else method == "sinkhorn"
     if scaling:
         kernel = torch.exp(-(cost - lo) / reg)  # shifted by each problem's minimum cost
         state = [kernel, kernel.transpose(-1, -2).contiguous(), log_p.exp(), q_all,
@@ -242,10 +244,10 @@ class _SinkhornValue(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, p, q, cost, reg, numItermax, stopThr):  # type: ignore[override]
+    def forward(ctx, p, q, cost, reg, numItermax, stopThr, method):  # type: ignore[override]
         with torch.no_grad():
             log_p, log_q = torch.log(p), torch.log(q)
-            f, g, _ = _sinkhorn_potentials(log_p, log_q, cost, reg, numItermax, stopThr)
+            f, g, _ = _sinkhorn_potentials(log_p, log_q, cost, reg, numItermax, stopThr, method)
             plan = torch.exp((f[..., :, None] + g[..., None, :] - cost) / reg)
             plan = torch.nan_to_num(plan, nan=0.0)
             value = (plan * cost.masked_fill(plan == 0, 0.0)).sum((-2, -1))
@@ -275,11 +277,13 @@ class _SinkhornValue(torch.autograd.Function):
         safe_cost = cost.masked_fill(plan == 0, 0.0)
         d_cost = plan * (1 + (zf[:, :, None] + zg[:, None, :] - safe_cost) / reg)
         g = grad_value
-        return g[:, None] * zf, g[:, None] * zg, g[:, None, None] * d_cost, None, None, None
+        return (g[:, None] * zf, g[:, None] * zg, g[:, None, None] * d_cost,
+                None, None, None, None)
 
 
 def sinkhorn(p: Tensor, q: Tensor, cost: Tensor, reg: float, *, numItermax: int = 1000,
-             stopThr: float = 1e-9, return_plan: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+             stopThr: float = 1e-9, method: str | None = None, return_plan: bool = False
+             ) -> Tensor | tuple[Tensor, Tensor]:
     """Entropic OT cost ``⟨γ_ε, C⟩`` (POT's ``ot.sinkhorn2``), batched and differentiable.
 
     Args:
@@ -289,13 +293,17 @@ def sinkhorn(p: Tensor, q: Tensor, cost: Tensor, reg: float, *, numItermax: int 
         reg: Entropic regularisation ε > 0 (absolute, in cost units, as in POT).
         numItermax: Maximum Sinkhorn iterations.
         stopThr: Stop when every problem's column-marginal error (L2) is below this.
+        method: ``"sinkhorn"`` (scaling vectors), ``"sinkhorn_log"`` (log domain) as in POT, or
+            ``None`` to take the scaling vectors whenever ``exp(−C/ε)`` cannot underflow.
         return_plan: Also return the plan ``γ_ε``.
 
     Returns:
         The cost ``(...)`` (and the plan ``(..., m, n)``).
     """
+    if method not in (None, "sinkhorn", "sinkhorn_log"):
+        raise ValueError(f"method must be None, 'sinkhorn' or 'sinkhorn_log', got {method!r}")
     return emd(p, q, cost, solver="sinkhorn", reg=reg, numItermax=numItermax, stopThr=stopThr,
-               return_plan=return_plan)
+               return_plan=return_plan, method=method)
 
 
 TRANSPORT_SOLVERS.add("sinkhorn", sinkhorn, exact=False)
@@ -303,8 +311,8 @@ TRANSPORT_SOLVERS.add("sinkhorn", sinkhorn, exact=False)
 
 # ------------------------------------------------------------------------------------- entry
 def emd(p: Tensor, q: Tensor, cost: Tensor, solver: str = "exact", reg: float | None = None, *,
-        return_plan: bool = False, numItermax: int | None = None, stopThr: float = 1e-9
-        ) -> Tensor | tuple[Tensor, Tensor]:
+        return_plan: bool = False, numItermax: int | None = None, stopThr: float = 1e-9,
+        method: str | None = None) -> Tensor | tuple[Tensor, Tensor]:
     """Earth mover's distance ``min_γ ⟨γ, C⟩`` between ``p`` and ``q``, batched, differentiable.
 
     Args:
@@ -317,6 +325,7 @@ def emd(p: Tensor, q: Tensor, cost: Tensor, solver: str = "exact", reg: float | 
         numItermax: Pivot limit (exact solvers, default 100000) or iteration limit (Sinkhorn,
             default 1000), POT's name.
         stopThr: Sinkhorn's stopping threshold on the marginal error.
+        method: Sinkhorn's iteration (see :func:`sinkhorn`).
 
     Returns:
         The cost ``(...)`` in the cost's dtype (and the plan).
@@ -327,7 +336,7 @@ def emd(p: Tensor, q: Tensor, cost: Tensor, solver: str = "exact", reg: float | 
         if reg is None or not float(reg) > 0:
             raise ValueError(f"reg must be a positive float for the sinkhorn solver, got {reg!r}")
         value, plan = _SinkhornValue.apply(p2.to(c2.dtype), q2.to(c2.dtype), c2, float(reg),
-                                           int(numItermax or 1000), float(stopThr))
+                                           int(numItermax or 1000), float(stopThr), method)
     else:
         if reg is not None:
             raise ValueError(f"reg is only used by the sinkhorn solver, not by {name!r}")

@@ -16,9 +16,10 @@ import torch
 
 from formerlab.lab.base import EXPERIMENTS, RunContext
 from formerlab.lab.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED, Results
+from formerlab.lab.experiments._shared import loss_curve
 from formerlab.lab.experiments.decoder_only import DecoderOnly, seq2seq_batch
 from formerlab.lab.experiments.entropy_invariance import mean_attention_entropy
-from formerlab.lab.experiments.gau_vs_mha import build_models, equal_param_expansion, loss_curve
+from formerlab.lab.experiments.gau_vs_mha import build_models, equal_param_expansion
 from formerlab.models import CausalLM, ModelConfig
 
 STATUSES = {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED}
@@ -109,17 +110,21 @@ def test_gau_vs_mha_rows(gau):
 
 
 def test_gau_vs_mha_quality_tie_is_inconclusive():
-    claim = next(c for c in EXPERIMENTS.get("gau-vs-mha").claims if c.id == "gau-quality")
-    one = Results([{"kind": "quality", "model": "gau", "valid_loss": 1.516, "seed": 0},
-                   {"kind": "quality", "model": "mha", "valid_loss": 1.517, "seed": 0}])
-    assert claim.evaluate(one)["status"] == INCONCLUSIVE
-    overlapping = Results([{"kind": "quality", "model": m, "valid_loss": v, "seed": s}
-                           for s, (g, h) in enumerate([(1.50, 1.53), (1.55, 1.52)])
-                           for m, v in (("gau", g), ("mha", h))])
-    assert claim.evaluate(overlapping)["status"] == INCONCLUSIVE
-    clear = Results([{"kind": "quality", "model": m, "valid_loss": v, "seed": 0}
-                     for m, v in (("gau", 1.40), ("mha", 1.50))])
-    assert claim.evaluate(clear)["status"] == REPRODUCED
+    exp = EXPERIMENTS.get("gau-vs-mha")
+    claim = next(c for c in exp.claims if c.id == "gau-quality")
+    margin = exp.preset("quick").quality_margin
+
+    def rows(pairs, margin=margin):
+        return Results([{"kind": "quality", "model": m, "valid_loss": v, "seed": s,
+                         "margin": margin}
+                        for s, (g, h) in enumerate(pairs) for m, v in (("gau", g), ("mha", h))])
+
+    assert claim.evaluate(rows([(1.516, 1.517)]))["status"] == INCONCLUSIVE
+    assert claim.evaluate(rows([(1.50, 1.53), (1.55, 1.52)]))["status"] == INCONCLUSIVE
+    assert claim.evaluate(rows([(1.40, 1.50)]))["status"] == REPRODUCED
+    # the margin is the run's own: the same gap is a tie at the noisier micro preset
+    micro = exp.preset("micro").quality_margin
+    assert claim.evaluate(rows([(1.40, 1.50)], micro))["status"] == INCONCLUSIVE
 
 
 def test_loss_curve_windows():
@@ -160,14 +165,23 @@ def test_decoder_only_one_layer_masks_are_the_same_model(tmp_path):
 
 
 def test_decoder_only_small_difference_is_a_tie():
-    claim = next(c for c in EXPERIMENTS.get("decoder-only").claims
-                 if c.id == "gpt-not-worse-reverse")
-    one = Results([{"task": "reverse", "mask": "gpt", "eval_loss": 0.208, "seed": 0},
-                   {"task": "reverse", "mask": "unilm", "eval_loss": 0.202, "seed": 0}])
-    assert claim.evaluate(one)["status"] == INCONCLUSIVE
-    worse = Results([{"task": "reverse", "mask": m, "eval_loss": v, "seed": s}
+    exp = EXPERIMENTS.get("decoder-only")
+    claims = {c.id: c for c in exp.claims}
+    margins = exp.preset("quick").loss_margins
+    one = Results([{"task": "sort", "mask": "gpt", "eval_loss": 0.208, "seed": 0,
+                    "margin": margins["sort"]},
+                   {"task": "sort", "mask": "unilm", "eval_loss": 0.202, "seed": 0,
+                    "margin": margins["sort"]}])
+    assert claims["gpt-not-worse-sort"].evaluate(one)["status"] == INCONCLUSIVE
+    overlapping = Results([{"task": "sort", "mask": m, "eval_loss": v, "seed": s}
+                           for s, (g, u) in enumerate([(0.206, 0.208), (0.214, 0.214),
+                                                       (0.206, 0.221)])
+                           for m, v in (("gpt", g), ("unilm", u))])
+    assert claims["gpt-not-worse-sort"].evaluate(overlapping)["status"] == INCONCLUSIVE
+    worse = Results([{"task": "reverse", "mask": m, "eval_loss": v, "seed": s,
+                      "margin": margins["reverse"]}
                      for s in (0, 1) for m, v in (("gpt", 0.30 + s / 100), ("unilm", 0.20))])
-    assert claim.evaluate(worse)["status"] == NOT_REPRODUCED
+    assert claims["gpt-not-worse-reverse"].evaluate(worse)["status"] == NOT_REPRODUCED
 
 
 # --- entropy-invariance --------------------------------------------------------------------------

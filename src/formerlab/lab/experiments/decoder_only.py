@@ -167,8 +167,8 @@ class DecoderOnly(Experiment):
 
     def run(self, config: DecoderOnlyConfig, ctx: RunContext) -> tuple[list[dict], dict]:
         n = 2 * config.length + 1
-        mc = config.model.replace(vocab_size=config.vocab,
-                                  max_position_embeddings=max(n, config.model.max_position_embeddings))
+        longest = max(n, config.model.max_position_embeddings)
+        mc = config.model.replace(vocab_size=config.vocab, max_position_embeddings=longest)
         tc = config.train.replace(seed=ctx.seed, seq_len=n)
         init_seed = int(torch.randint(0, 2 ** 62, (1,), generator=ctx.generator))
         rows: list[dict[str, Any]] = []
@@ -223,10 +223,9 @@ class DecoderOnly(Experiment):
             "input positions see (the whole input or only their past), which reaches the "
             "outputs only through deeper layers: with one layer the two models are the same "
             "function of the outputs' loss.",
-            "- In 'reverse' the first output token depends on the last input token: a causal "
-            "model must route it through later positions, a prefix model can read it anywhere "
-            "in the input. The toy tasks test small models on synthetic data, not the low-rank "
-            "conjecture at scale.",
+            "- In 'reverse' output k copies input token L − k + 1 (a position-dependent lookup); "
+            "in 'sort' the outputs depend only on the multiset of the inputs. The toy tasks "
+            "test small models on synthetic data, not the low-rank conjecture at scale.",
             "- Masks come from `build_mask(\"unilm\", n, segment_ids=...)`; model, data, "
             "initial weights and optimiser are shared between the two rows of a task.",
         ])

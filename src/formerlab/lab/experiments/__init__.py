@@ -1,5 +1,6 @@
 """One module per registered experiment; importing this package registers them all."""
 
-from . import position_probe
+from . import decoder_only, entropy_invariance, gau_vs_mha, position_probe, tokenizer_sampling
 
-__all__ = ["position_probe"]
+__all__ = ["decoder_only", "entropy_invariance", "gau_vs_mha", "position_probe",
+           "tokenizer_sampling"]

@@ -5,14 +5,16 @@ Rows carry ``method``, ``set`` (``repeated``, ``non_repeated``, ``last_n``), ``l
 reads the same in every preset. Margins are the smallest difference that counts:
 
 - :data:`ACC_MARGIN` — 0.5 accuracy points between two methods on the same sequences (paired
-  by seed). Repeated runs of the quick preset differ by a few tenths of a point per cell at 16
-  sequences, so a smaller gap is a tie;
+  by seed). Over two seeds of the micro preset a paired difference moved by 0.2–0.6 points
+  (log n† − plain: −0.39 and +0.20 for NTK-RoPE-old), and a few tenths of a point is inside
+  the seed spread at 16 sequences per cell, so a smaller gap is a tie;
 - :data:`SET_MARGIN` — 1 point between the repeated and the non-repeated set: two different
-  sets of sequences, so the difference carries the sampling noise of both;
+  sets of sequences (the repeated one redrawn per seed), so the difference carries the sampling
+  noise of both;
 - :data:`LOSS_MARGIN` — 0.03 nats on the last-``L``-token loss (the same targets at every
-  context; the seed spread of that loss is about 0.01–0.02 nats at the quick preset);
+  context), about twice its seed-to-seed std over two micro seeds (0.01–0.02 nats);
 - :data:`FAR_MARGIN` — 5 points for the claims the posts phrase as "far worse" / "≫"
-  (published gaps: 69 and 57 points), ten times the seed spread.
+  (published gaps: 69 and 57 points), ten times :data:`ACC_MARGIN`.
 
 The identities at the training length are exact: a single differing bit is ``not reproduced``.
 """

@@ -173,9 +173,9 @@ class Extrapolation(Experiment):
             pub = MASTER_TABLE.get(name)
             line.append(f"{pub[1]:.2f} / {pub[2]:.2f} / {pub[3]:.2f}" if pub else "–")
             body.append(line)
-        spread = "mean ± std over" if len(seeds) > 1 else "one seed,"
-        text = (f"Next-token accuracy (%), {spread} {len(seeds)} seed{'s' if len(seeds) != 1 else ''}"
-                f" ({', '.join(map(str, seeds))}); byte-level LM trained at {L} tokens. The last "
+        spread = (f"mean ± std over {len(seeds)} seeds ({', '.join(map(str, seeds))})"
+                  if len(seeds) > 1 else f"one seed ({seeds[0]})")
+        text = (f"Next-token accuracy (%), {spread}; byte-level LM trained at {L} tokens. The last "
                 f"column is the blog's ({MASTER_TABLE_SETUP}), **for orderings only**: the raw "
                 "numbers are not comparable (another model, data, tokenizer and lengths).\n\n"
                 + markdown_table(header, body))

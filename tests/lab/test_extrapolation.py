@@ -1,121 +1,231 @@
-"""The extrapolation experiment on the micro preset: files, exact identities, cache reuse."""
+"""The extrapolation experiment: exact identities on the rows of a micro run, every method and
+trained variant at micro size, claims, table and figures."""
+
+from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
-from formerlab.lab import list_experiments, rebuild_report, run_experiment
+from formerlab import ModelConfig, TrainConfig
+from formerlab.lab import EXPERIMENTS, LinePlot, Results, list_experiments
+from formerlab.lab.base import RunContext
+from formerlab.lab.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
 from formerlab.lab.experiments.extrapolation import (
     METHODS,
+    MODEL_VARIANTS,
+    PRESETS,
     ExtrapolationConfig,
-    _schedule_names,
+    identity_pairs,
+    method_styles,
     preset_config,
+    schedule_names,
 )
+
+STATUSES = {REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, NOT_TESTED}
+
+
+def _run(cfg, tmp, seed=0, cache=None):
+    """One seed of the experiment as the lab runs it (forked RNG, single thread)."""
+    exp = EXPERIMENTS.get("extrapolation")
+    ctx = RunContext(preset="micro", out_dir=tmp, device=torch.device("cpu"), seed=seed,
+                     progress=False, cache_dir=cache or tmp / "cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            rows, extras = exp.run(cfg, ctx)
+    finally:
+        torch.set_num_threads(threads)
+    return [{**r, "seed": seed} for r in rows], extras
 
 
 @pytest.fixture(scope="module")
-def micro_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("micro")
-    cache = tmp_path_factory.mktemp("cache")
-    report, paths = run_experiment("extrapolation", preset="micro", out_dir=out, device="cpu",
-                                   progress=False, cache_dir=cache)
-    return report, paths, out, cache
+def micro(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("extrapolation")
+    cfg = preset_config("micro")
+    rows, extras = _run(cfg, tmp)
+    return Results(rows, {0: extras}), cfg, tmp
 
 
-def test_writes_every_output(micro_run):
-    _, paths, out, _ = micro_run
-    data = json.loads(paths["results"].read_text())
-    assert data["experiment"] == "extrapolation"
-    keys = {"method", "length", "set", "accuracy", "loss"}
-    assert all(keys <= set(r) for r in data["rows"])
-    assert {r["set"] for r in data["rows"]} == {"repeated", "non_repeated", "last_n"}
-    assert {r["length"] for r in data["rows"] if r["set"] != "last_n"} == {32, 128}
-    table = paths["table"].read_text()
-    assert "| method | 32 (train) | 128 rep. | 128 non-rep." in table
-    html = paths["html"].read_text()
-    assert html.count("data:image/png;base64,") == 4 and "<table>" in html
-    assert (out / "accuracy_repeated.png").stat().st_size > 1000
+def _value(results, method, **where):
+    (row,) = results.select(method=method, **where)
+    return row
 
 
-def test_inference_methods_equal_baseline_at_train_length(micro_run):
-    """Hard identity: every schedule (k = 1) and log n† (n <= L) is
-    the baseline itself at the training length, bit for bit."""
-    report, *_ = micro_run
-    at_train = {(r["method"], r["set"]): (r["accuracy"], r["loss"]) for r in report.rows
-                if r["length"] == 32 and r["set"] != "last_n"}
-    checked = [m for m, _ in at_train if m in _schedule_names()]
-    assert len(set(checked)) >= 4
-    for (method, set_name), value in at_train.items():
-        if method in _schedule_names():
-            assert value == at_train[("baseline", set_name)], method
+def test_schedules_and_logn_dagger_equal_the_baseline_at_the_training_length(micro):
+    """k = 1 and log n† = 1 at L: every schedule row (± log n†) and ReRoPE with w = L is the
+    baseline's, bit for bit, on both sets."""
+    results, cfg, _ = micro
+    L = cfg.train_len
+    pairs = identity_pairs(results.distinct("method"), L)
+    names = {m for m, _ in pairs}
+    assert names >= {"baseline-logn_dagger", "pi", "ntk_old", "ntk_old-logn_dagger", "yarn",
+                     "dynamic", "ntk_mixed-logn_dagger", "rerope-w_full"}
+    for method, ref in pairs:
+        for set_name in ("repeated", "non_repeated"):
+            a = _value(results, method, set=set_name, length=L)
+            b = _value(results, ref, set=set_name, length=L)
+            assert (a["accuracy"], a["loss"]) == (b["accuracy"], b["loss"]), (method, set_name)
 
 
-def test_rerope_with_covering_window_is_the_baseline(tiny_config):
-    """ReRoPE/Leaky with w >= n is plain RoPE: identical logits."""
-    import torch
+def test_windows_below_the_length_change_the_rows(micro):
+    """The identity can fail: ReRoPE / Leaky with w < L clip distances at L and change the loss."""
+    results, cfg, _ = micro
+    L = cfg.train_len
+    base = _value(results, "baseline", set="non_repeated", length=L)["loss"]
+    for name in ("rerope", "rerope-w_quarter", "leaky-logn_dagger"):
+        assert _value(results, name, set="non_repeated", length=L)["loss"] != base, name
+    top = max(cfg.lengths)
+    assert _value(results, "pi", set="non_repeated", length=top)["loss"] != \
+        _value(results, "baseline", set="non_repeated", length=top)["loss"]
 
+
+def test_dynamic_ntk_is_ntk_aware_on_whole_sequences(micro):
+    """By construction (the table says so): equal at every length, different in the last-L loss
+    at a context shorter than the longest (the static schedule keeps the longest's factor)."""
+    results, cfg, _ = micro
+    assert METHODS.get("dynamic").same_as == "ntk_aware"
+    for n in cfg.lengths:
+        for set_name in ("repeated", "non_repeated"):
+            a = _value(results, "dynamic", set=set_name, length=n)
+            b = _value(results, "ntk_aware", set=set_name, length=n)
+            assert (a["accuracy"], a["loss"]) == (b["accuracy"], b["loss"])
+    L = cfg.train_len
+    dyn = _value(results, "dynamic", set="last_n", length=L)["loss"]
+    assert dyn != _value(results, "ntk_aware", set="last_n", length=L)["loss"]
+
+
+def test_covering_window_is_plain_rope(tiny_config):
+    """ReRoPE and Leaky ReRoPE with w >= n are plain RoPE (identical logits); w < n is not."""
     from formerlab.models import CausalLM
 
-    torch.manual_seed(0)
-    m = CausalLM(tiny_config).eval()
-    x = torch.randint(0, 64, (2, 16))
+    m = CausalLM(tiny_config)
+    m.reset_parameters(torch.Generator().manual_seed(0))
+    m.eval()
+    x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
     base = m(x).logits
-    # train_len 32 -> ReRoPE window L/2 = 16 covers the 16 tokens; log n† is 1 below L
-    for name in ("rerope", "rerope-logn_dagger"):
-        METHODS.get(name).configure(m, 32, 16)
+    with torch.no_grad():
+        # train_len 32: the method's window L/2 = 16 covers the 16 tokens; log n† is 1 below L
+        for name in ("rerope", "rerope-logn_dagger", "rerope-w_full"):
+            METHODS.get(name).configure(m, 32, 16)
+            torch.testing.assert_close(m(x).logits, base, rtol=1e-5, atol=1e-5)
+        m.set_position_method(relpos={"name": "leaky", "window": 16, "factor": 16.0})
         torch.testing.assert_close(m(x).logits, base, rtol=1e-5, atol=1e-5)
-    METHODS.get("rerope-w_quarter").configure(m, 32, 16)  # w = 8 < 16: a different function
-    assert not torch.allclose(m(x).logits, base, atol=1e-4)
+        for name in ("rerope-w_quarter", "leaky"):  # w = 8 < 16: a different function
+            METHODS.get(name).configure(m, 32, 16)
+            assert not torch.allclose(m(x).logits, base, atol=1e-4), name
     m.reset_position_method()
 
 
-def test_cache_is_reused(micro_run, tmp_path):
-    _, _, _, cache = micro_run
-    report, _ = run_experiment("extrapolation", preset="micro", out_dir=tmp_path, device="cpu",
-                               progress=False, cache_dir=cache)
-    assert report.meta["training"]["rope"]["cached"] is True
+def test_rows_are_tidy(micro):
+    results, cfg, _ = micro
+    assert {r["set"] for r in results.rows} == {"repeated", "non_repeated", "last_n"}
+    assert set(results.distinct("method")) == set(cfg.methods)
+    for r in results.rows:
+        assert r["k"] * cfg.train_len == r["length"]
+        if r["set"] == "last_n":
+            assert "accuracy" not in r and r["longest"] == (r["k"] == max(cfg.last_n_multipliers))
+        else:
+            assert 0.0 <= r["accuracy"] <= 1.0 and r["longest"] == (r["length"] == 128)
+    json.dumps(results.rows)  # results.json needs plain data
 
 
-def test_rebuild_report(micro_run):
-    _, paths, out, _ = micro_run
-    paths["html"].unlink()
-    rebuilt = rebuild_report(out)
-    assert rebuilt["html"].is_file()
+def test_claims_evaluate_to_a_verdict(micro):
+    results, *_ = micro
+    exp = EXPERIMENTS.get("extrapolation")
+    verdicts = {c.id: c.evaluate(results) for c in exp.claims}
+    assert len(verdicts) == len(exp.claims) >= 10
+    for v in verdicts.values():
+        assert v["status"] in STATUSES and v["evidence"] and "check failed" not in v["evidence"]
+        assert v["post"].startswith("https://kexue.fm/archives/")
+    assert verdicts["identity-at-train-length"]["status"] == REPRODUCED
+    assert verdicts["hwfa-beats-baseline"]["status"] == NOT_TESTED  # a full-preset claim
 
 
-def test_listing_and_errors(tmp_path):
-    names = [e["name"] for e in list_experiments()]
-    assert "extrapolation" in names
-    with pytest.raises(ValueError, match="valid experiment names: .*extrapolation"):
-        run_experiment("extrapolaton", out_dir=tmp_path)
+def test_identity_claim_fails_on_a_changed_row(micro):
+    results, cfg, _ = micro
+    rows = [dict(r) for r in results.rows]
+    for r in rows:
+        if r["method"] == "yarn" and r["length"] == cfg.train_len and r["set"] == "repeated":
+            r["loss"] += 1e-7
+    claim = next(c for c in EXPERIMENTS.get("extrapolation").claims
+                 if c.id == "identity-at-train-length")
+    verdict = claim.evaluate(Results(rows))
+    assert verdict["status"] == NOT_REPRODUCED and "yarn" in verdict["evidence"]
+
+
+def test_table_figures_and_notes(micro):
+    results, *_ = micro
+    exp = EXPERIMENTS.get("extrapolation")
+    table = exp.table(results)
+    assert "| method | 32 (train) | 128 rep. | 128 non-rep. | blog:" in table
+    assert "Dynamic NTK ‡" in table and "‡ Equal to another row by construction" in table
+    assert "not comparable" in table and "| method | context 32 | context 64 |" in table
+    plots = exp.figures(results)
+    assert {p.name for p in plots} == {"accuracy_repeated", "accuracy_non_repeated",
+                                       "last_n_loss", "loss_by_position"}
+    for p in plots:
+        assert LinePlot.from_dict(json.loads(json.dumps(p.to_dict()))) == p
+        assert len(p.series) == len(results.distinct("method"))
+    notes = exp.notes(results)
+    assert "parameters" in notes and "reproduced" not in notes
+
+
+def test_styles_one_colour_per_family_dagger_dashed():
+    styles = method_styles(["ntk_old", "ntk_old-logn_dagger", "ntk_old-logn_pretrain", "rerope"])
+    assert styles["ntk_old"]["color"] == styles["ntk_old-logn_dagger"]["color"] \
+        == styles["ntk_old-logn_pretrain"]["color"] != styles["rerope"]["color"]
+    assert [styles[n]["linestyle"] for n in ("ntk_old", "ntk_old-logn_dagger",
+                                              "ntk_old-logn_pretrain")] == ["-", "--", ":"]
+
+
+def test_presets_configs_and_errors():
+    assert set(PRESETS) >= {"micro", "quick", "full"}
+    assert "extrapolation" in [e["name"] for e in list_experiments()]
+    quick = preset_config("quick")
+    assert (quick.train_len, quick.lengths, quick.num_samples, quick.train.steps) == \
+        (128, [128, 512, 1024], 16, 800)
+    assert set(preset_config("full").methods) == set(METHODS)
+    back = ExtrapolationConfig.from_dict(quick.to_dict())
+    assert back == quick and isinstance(back.model, ModelConfig)
     with pytest.raises(ValueError, match="valid extrapolation method names"):
         ExtrapolationConfig(methods=["baseline", "magic"])
-    with pytest.raises(ValueError, match="unknown preset"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; valid presets: micro"):
         preset_config("huge")
-    assert {"baseline", "pi", "ntk_old", "nope", "sinusoidal", "ntk_mixed-logn_dagger", "yarn",
-            "dynamic", "rerope", "leaky", "hwfa", "hwfa2", "invleaky", "rope_bias",
-            "baseline-logn_pretrain"} <= set(METHODS)
+    with pytest.raises(ValueError, match="test_multipliers"):
+        ExtrapolationConfig(test_multipliers=[0])
+    assert schedule_names() >= {"baseline", "pi", "dynamic-logn_dagger", "ntk_old-logn_pretrain"}
 
 
-def test_every_trained_variant_builds_trains_and_evaluates(tmp_path):
-    """The full preset's trained variants, at micro size: a wiring bug must not wait for a
-    multi-hour run to surface."""
-    from formerlab import ModelConfig, TrainConfig
-    from formerlab.lab.base import RunContext
-    from formerlab.lab.experiments.extrapolation import run as run_extrapolation
-
-    trained = [n for n in METHODS if not METHODS.get(n).inference_only]
-    assert {"hwfa", "hwfa2", "invleaky", "rope_bias", "nope", "sinusoidal",
-            "rerope-logn_pretrain"} <= set(trained)
+@pytest.mark.slow
+def test_every_method_and_trained_variant_builds_trains_and_evaluates(tmp_path):
+    """Every registered method (and so every trained variant of the full preset), at micro size:
+    a wiring bug must not wait for a multi-hour run to surface."""
     cfg = ExtrapolationConfig(
         train_len=16, test_multipliers=[2], num_samples=2, eval_batch_size=2,
-        last_n_multipliers=[1, 2], methods=trained,
+        last_n_multipliers=[1, 2], methods=list(METHODS), curve_points=8,
         model=ModelConfig(hidden_size=16, num_layers=4, num_heads=2),
         train=TrainConfig(steps=2, batch_size=2, seq_len=16, warmup_steps=1),
     )
-    ctx = RunContext(preset="micro", out_dir=tmp_path, device="cpu", progress=False,
-                     cache_dir=tmp_path / "cache")
-    report = run_extrapolation(ctx, cfg)
-    assert set(report.meta["training"]) == {METHODS.get(n).variant for n in trained}
-    assert {r["method"] for r in report.rows} == set(trained)
-    assert all(0.0 <= r["accuracy"] <= 1.0 for r in report.rows if r["accuracy"] is not None)
+    rows, extras = _run(cfg, tmp_path)
+    assert set(extras["training"]) == set(MODEL_VARIANTS)
+    assert {r["method"] for r in rows} == set(METHODS)
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows if "accuracy" in r)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert set(extras["per_position_loss"]) == set(METHODS)
+
+
+@pytest.mark.slow
+def test_cached_models_give_the_same_rows_and_train_with_the_run_seed(micro):
+    results, cfg, tmp = micro
+    rows, extras = _run(cfg, tmp / "again", cache=tmp / "cache")
+    info = extras["training"]["rope"]
+    assert info["cached"] is True
+    assert rows == results.rows
+    from pathlib import Path
+
+    saved = json.loads((Path(info["run_dir"]) / "final" / "train_config.json").read_text())
+    assert saved["seed"] == 0 and saved["seq_len"] == cfg.train_len

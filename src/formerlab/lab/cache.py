@@ -1,8 +1,10 @@
 """Trained checkpoints cached by config hash, so repeated lab runs reuse them.
 
 The cache key hashes the model config, the train config, the corpus identity and a format
-version. A cached model lives in ``<cache>/checkpoints/<hash>/final``; an interrupted training
-resumes from ``<cache>/checkpoints/<hash>/checkpoints`` on the next run. The cache root is ``--cache-dir``, else
+version; the initial weights are drawn from a generator seeded with the train config's ``seed``,
+so a key names one model whatever the calling process did before. A cached model lives in
+``<cache>/checkpoints/<hash>/final``; an interrupted training resumes from
+``<cache>/checkpoints/<hash>/checkpoints`` on the next run. The cache root is ``--cache-dir``, else
 ``$FORMERLAB_CACHE``, else ``~/.cache/formerlab``.
 """
 
@@ -22,7 +24,7 @@ from ..train.trainer import BatchFn, Trainer
 
 __all__ = ["CACHE_VERSION", "default_cache_dir", "trained_model"]
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 #: TrainConfig fields that do not change the trained weights (excluded from the cache key)
 BOOKKEEPING = ("log_every", "checkpoint_every", "keep_checkpoints")
@@ -57,6 +59,7 @@ def trained_model(
         return model, info
     log(f"training model {key} -> {run_dir}")
     model = CausalLM(model_config)
+    model.reset_parameters(torch.Generator().manual_seed(train_config.seed))
     trainer = Trainer(model, model_config, train_config, batch_fn, out_dir=run_dir,
                       device=device, progress=progress, dist_info=DistInfo())
     summary = trainer.train(resume=True)

@@ -1,6 +1,13 @@
 """One module per registered experiment; importing this package registers them all."""
 
-from . import decoder_only, entropy_invariance, gau_vs_mha, position_probe, tokenizer_sampling
+from . import (
+    decoder_only,
+    entropy_invariance,
+    extrapolation,
+    gau_vs_mha,
+    position_probe,
+    tokenizer_sampling,
+)
 
-__all__ = ["decoder_only", "entropy_invariance", "gau_vs_mha", "position_probe",
+__all__ = ["decoder_only", "entropy_invariance", "extrapolation", "gau_vs_mha", "position_probe",
            "tokenizer_sampling"]

@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a byte-level causal LM on a corpus")
     t.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, metrics)")
-    t.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
+    t.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],  # TRAIN_PRESETS
                    help="base model/train settings (a byte-level RoPE LM at three sizes)")
     t.add_argument("--model-config", help="JSON file of ModelConfig keys to override")
     t.add_argument("--train-config", help="JSON file of TrainConfig keys to override")

@@ -4,16 +4,13 @@ import math
 
 import pytest
 
-from formerlab.lab import run_experiment
 from formerlab.lab.experiments.position_probe import PROBE_VARIANTS, probe_inputs
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("probe")
-    report, paths = run_experiment("position-probe", preset="micro", out_dir=out, device="cpu",
-                                   progress=False)
-    return {r["variant"]: r for r in report.rows}, report, paths, out
+def run(micro_run):
+    data, paths = micro_run("position-probe")
+    return {r["variant"]: r for r in data["rows"]}, data, paths
 
 
 @pytest.mark.parametrize("name", ["softmax_rope", "softmax_rope_causal"])
@@ -37,7 +34,7 @@ def test_probe_inputs():
 
 
 def test_experiment_writes_report(run):
-    _, report, paths, out = run
-    assert len(report.rows) == len(PROBE_VARIANTS)
-    assert "**not reproduced**" not in report.notes
-    assert paths["html"].is_file() and (out / "probe_loss.png").is_file()
+    _, data, paths = run
+    assert len(data["rows"]) == len(PROBE_VARIANTS)
+    assert {c["status"] for c in data["claims"]} == {"reproduced"}
+    assert paths["html"].is_file() and paths["probe_loss"].is_file()

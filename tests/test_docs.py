@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -29,8 +30,10 @@ def test_the_docs_have_examples():
 def test_block_runs(page, index, code, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     saved = _registries()
+    module = types.ModuleType("__docs__")  # dataclasses defined in an example need a module
+    monkeypatch.setitem(sys.modules, "__docs__", module)
     try:
-        exec(compile(code, f"{page.relative_to(ROOT)}[{index}]", "exec"), {"__name__": "__docs__"})
+        exec(compile(code, f"{page.relative_to(ROOT)}[{index}]", "exec"), module.__dict__)
     finally:  # an example that registers a toy mixer or experiment leaves no trace
         for reg, (items, aliases, meta) in saved.items():
             reg._items, reg._aliases, reg._meta = items, aliases, meta

@@ -7,12 +7,17 @@ Presets (one seed each; the lab repeats them over ``--seeds``):
   differ where the methods differ), the methods the tests' identities need;
 - ``quick`` — ``make demo``, within 10 minutes on a 2-core CPU: ``L = 128`` tested at ``4L`` and
   ``8L``, one 0.8M-parameter RoPE model trained for 800 steps, every inference-time method;
+- ``medium`` — every trained variant on CPU in about 25 minutes per seed (``L = 64`` tested at
+  ``4L`` and ``8L``, a 4-layer model trained for 1500 steps per variant, every method): the
+  study of the trained variants (log-n pre-training, HWFA, HWFA2, InvLeaky, RoPE + q/k bias,
+  NoPE, sinusoidal) with 3 seeds in about 75 minutes on 2 cores;
 - ``full`` — the complete study: a 6-layer model, ``16L``, 64 sequences per cell, every method
   including the trained variants (log-n pre-training, HWFA, HWFA2, InvLeaky, q/k bias, NoPE,
   sinusoidal) and ReRoPE with ``w = L``.
 
-A preset is a zero-argument factory in :data:`PRESETS`; a study between ``quick`` and ``full``
-(e.g. ``medium``) is one more entry.
+A preset is a zero-argument factory in :data:`PRESETS`. The ``full`` preset is the blog's kind of
+study for a GPU: on one recent GPU (bf16, ``--device cuda``) expect well under an hour per seed;
+on 2 CPU cores, many hours.
 """
 
 from __future__ import annotations
@@ -105,6 +110,16 @@ def _quick() -> ExtrapolationConfig:
     )
 
 
+def _medium() -> ExtrapolationConfig:
+    return ExtrapolationConfig(
+        train_len=64, test_multipliers=[4, 8], num_samples=16, methods=list(METHODS),
+        last_n_multipliers=[1, 2, 4, 8],
+        model=ModelConfig(hidden_size=128, num_layers=4, num_heads=4),
+        train=TrainConfig(steps=1500, batch_size=32, seq_len=64, lr=3e-3, warmup_steps=50,
+                          log_every=50, checkpoint_every=250),
+    )
+
+
 def _full() -> ExtrapolationConfig:
     return ExtrapolationConfig(
         train_len=128, test_multipliers=[4, 8, 16], num_samples=64,
@@ -119,6 +134,7 @@ def _full() -> ExtrapolationConfig:
 PRESETS: dict[str, Callable[[], ExtrapolationConfig]] = {
     "micro": _micro,
     "quick": _quick,
+    "medium": _medium,
     "full": _full,
 }
 

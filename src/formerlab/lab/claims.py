@@ -9,7 +9,8 @@ over the :class:`Results` (every seed's rows). A check returns a :class:`Verdict
   ``margin`` (a difference inside the spread is a tie, never a win);
 - ``not tested`` — the run did not measure what the claim needs (e.g. a smaller preset).
 
-Checks: :class:`Ordering` (``a`` beats ``b`` on a metric, paired by seed), :class:`Chain`
+Checks: :class:`Ordering` (``a`` beats ``b`` on a metric, paired by seed), :class:`NotWorse`
+(``a`` loses at most a margin against ``b``), :class:`Chain`
 (``a > b > c``), :class:`Threshold` (a metric beyond a value), :class:`Trend` (a metric along a
 column, e.g. loss vs context, never rises by more than a tolerance) and :class:`AllOf`.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "Chain",
     "Check",
     "Claim",
+    "NotWorse",
     "Ordering",
     "Results",
     "Stat",
@@ -182,6 +184,37 @@ class Ordering(Check):
             status = INCONCLUSIVE
             evidence += ": inside the spread, a tie"
         return Verdict(status, evidence, values)
+
+
+@dataclasses.dataclass
+class NotWorse(Check):
+    """``a`` is not worse than ``b`` on ``metric`` by more than ``margin``, for every seed
+    ("adding log n† does not hurt").
+
+    ``reproduced``: every seed's difference is within ``margin`` or in ``a``'s favour;
+    ``not reproduced``: every seed's is beyond it; ``inconclusive``: the seeds disagree.
+    """
+
+    metric: str
+    a: dict[str, Any]
+    b: dict[str, Any]
+    margin: float
+    scale: float = 1.0
+    label: str = ""
+    higher_is_better: bool = True
+
+    def __call__(self, results: Results) -> Verdict:
+        sa, sb = results.stat(self.metric, **self.a), results.stat(self.metric, **self.b)
+        if sa is None or sb is None:
+            return Verdict(NOT_TESTED, f"{self.label} was not measured")
+        seeds = sorted(set(sa.values) & set(sb.values))
+        sign = 1.0 if self.higher_is_better else -1.0
+        diffs = [sign * (sa.values[s] - sb.values[s]) for s in seeds]
+        ok = [d >= -self.margin for d in diffs]
+        status = REPRODUCED if all(ok) else NOT_REPRODUCED if not any(ok) else INCONCLUSIVE
+        shown = ", ".join(f"{d * self.scale:+.2f}" for d in diffs)
+        return Verdict(status, f"{self.label} {shown}".strip(),
+                       {"differences": dict(zip(seeds, diffs))})
 
 
 @dataclasses.dataclass

@@ -6,8 +6,9 @@ from . import (
     extrapolation,
     gau_vs_mha,
     position_probe,
+    real_lm_extension,
     tokenizer_sampling,
 )
 
 __all__ = ["decoder_only", "entropy_invariance", "extrapolation", "gau_vs_mha", "position_probe",
-           "tokenizer_sampling"]
+           "real_lm_extension", "tokenizer_sampling"]

@@ -32,6 +32,7 @@ from ...claims import (
     REPRODUCED,
     Check,
     Claim,
+    NotWorse,
     Ordering,
     Results,
     Trend,
@@ -89,34 +90,6 @@ class Each(Check):
         names = self.names or [f"part {i + 1}" for i in range(len(parts))]
         skipped = [n for n, p in zip(names, parts) if p.status == NOT_TESTED]
         return _combine(parts, skipped)
-
-
-@dataclasses.dataclass
-class NotWorse(Check):
-    """``a`` is not worse than ``b`` on ``metric`` by more than ``margin``, for every seed.
-
-    ``reproduced``: every seed's difference is ``≥ −margin``; ``not reproduced``: every seed's is
-    below; ``inconclusive``: the seeds disagree.
-    """
-
-    metric: str
-    a: dict[str, Any]
-    b: dict[str, Any]
-    margin: float
-    scale: float = 1.0
-    label: str = ""
-
-    def __call__(self, results: Results) -> Verdict:
-        sa, sb = results.stat(self.metric, **self.a), results.stat(self.metric, **self.b)
-        if sa is None or sb is None:
-            return Verdict(NOT_TESTED, f"{self.label} was not measured")
-        seeds = sorted(set(sa.values) & set(sb.values))
-        diffs = [sa.values[s] - sb.values[s] for s in seeds]
-        ok = [d >= -self.margin for d in diffs]
-        status = REPRODUCED if all(ok) else NOT_REPRODUCED if not any(ok) else INCONCLUSIVE
-        shown = ", ".join(f"{d * self.scale:+.2f}" for d in diffs)
-        return Verdict(status, f"{self.label} {shown}",
-                       {"differences": dict(zip(seeds, diffs))})
 
 
 @dataclasses.dataclass

@@ -20,6 +20,16 @@ from .normalize import NORMALIZERS, attention_normalize
 
 __all__ = ["causal_mask", "repeat_kv", "scaled_dot_product"]
 
+#: SDPA broadcasts grouped key/value heads itself (``enable_gqa``, torch 2.5+): no repeated copy
+#: of the keys and values (a decoding step's cache would be copied ``groups`` times per layer)
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, groups: int, **kw: Any) -> Tensor:
+    if groups > 1 and _SDPA_GQA:
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+    return F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), **kw)
+
 
 def causal_mask(nq: int, nk: int | None = None, *, device: torch.device | None = None) -> Tensor:
     """Bool ``(nq, nk)`` mask, ``True`` where key ``j <= i + (nk - nq)`` (bottom-right aligned)."""
@@ -97,10 +107,9 @@ def scaled_dot_product(
     )
     if sdpa_ok and is_causal and mask is None and bias is None and nq == nk:
         # the common training case: SDPA's own causal kernel, no mask tensor at all
-        return F.scaled_dot_product_attention(
-            q, repeat_kv(k, groups), repeat_kv(v, groups), dropout_p=dropout_p,
-            is_causal=True, scale=scale,
-        )
+        return _sdpa(q, k, v, groups, dropout_p=dropout_p, is_causal=True, scale=scale)
+    if is_causal and nq == 1:  # one query at the last position (a decoding step) sees every key
+        is_causal = False
     if is_causal:
         cm = causal_mask(nq, nk, device=q.device)
         mask = cm if mask is None else mask & cm
@@ -110,14 +119,7 @@ def scaled_dot_product(
             attn_mask = bias.to(q.dtype)
             if mask is not None:
                 attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
-        return F.scaled_dot_product_attention(
-            q,
-            repeat_kv(k, groups),
-            repeat_kv(v, groups),
-            attn_mask=attn_mask,
-            dropout_p=dropout_p,
-            scale=scale,
-        )
+        return _sdpa(q, k, v, groups, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if bias is not None:

@@ -4,6 +4,9 @@ seeding (and the untouched global RNG), streaming, outputs, and the errors users
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -12,13 +15,19 @@ from formerlab.generate import GenerateOutput, LogitsFilter, TextStreamer, gener
 from formerlab.models import MIXERS, CausalLM
 
 BASE = dict(vocab_size=61, hidden_size=32, num_layers=2, num_heads=4, max_position_embeddings=64)
-#: one small model per registered mixer (a new mixer must add its case here)
-CASES: dict[str, dict] = {
-    "mha": {},
-    "gau": {"mixer": "gau", "mixer_options": {"expansion": 48, "key_size": 16}, "ffn": "none",
-            "normalization": "softmax_plus"},
-    "synthesizer": {"mixer": "synthesizer", "mixer_options": {"kind": ["dense", "random"]}},
-}
+
+
+def _mixer_cases() -> dict[str, dict]:
+    """The per-mixer model cases of tests/models/test_mixers.py (which must cover every
+    registered mixer), so a new mixer is decoded here as soon as it has its case there."""
+    path = Path(__file__).resolve().parents[1] / "models" / "test_mixers.py"
+    spec = importlib.util.spec_from_file_location("_formerlab_mixer_cases", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.CASES)
+
+
+CASES = _mixer_cases()
 METHODS = [
     {"relpos": {"name": "rerope", "window": 4}},
     {"relpos": {"name": "leaky", "window": 4, "factor": 4.0}},
@@ -306,3 +315,28 @@ def test_prompts_beyond_learned_positions_or_synthesizer_matrices():
     rope = _model()  # RoPE: no limit (extrapolation is the caller's choice)
     assert sequence_limit(rope) is None
     assert generate(rope, _ids(1, 60), max_new_tokens=10).shape == (1, 70)
+
+
+def test_logits_to_keep_is_the_last_positions_of_the_full_logits():
+    model = _model()
+    ids = _ids(2, 7)
+    with torch.no_grad():
+        full = model(ids).logits
+        close = dict(rtol=1e-12, atol=1e-12)  # the head's matmul on fewer rows: last-bit rounding
+        torch.testing.assert_close(model(ids, logits_to_keep=1).logits, full[:, -1:], **close)
+        torch.testing.assert_close(model(ids, logits_to_keep=3).logits, full[:, -3:], **close)
+        assert torch.equal(model(ids, logits_to_keep=0).logits, full)
+    with pytest.raises(ValueError, match="logits_to_keep must be an int >= 0"):
+        model(ids, logits_to_keep=-1)
+    with pytest.raises(ValueError, match="labels need the logits of every position"):
+        model(ids, labels=ids, logits_to_keep=1)
+
+
+def test_beam_search_with_one_beam_is_greedy():
+    from formerlab.generate import LogitsProcessorList, ModelRunner, beam_search
+
+    model = _model("gau")
+    ids = _ids()
+    one = beam_search(ModelRunner(model), ids, None, num_beams=1, max_new_tokens=8,
+                      chain=LogitsProcessorList())
+    assert torch.equal(one.sequences, generate(model, ids, max_new_tokens=8))

@@ -160,7 +160,9 @@ def visibility_mask(
             )
         pad = build_attention_mask(n, nk, causal=False, key_padding=key_padding, device=device)
         return explicit if pad is None else explicit & pad
-    plain = nk == n and key_padding is None and window is None
+    # plain causal attention needs no mask tensor: SDPA's own causal kernel when n == nk, and
+    # nothing at all for a single query at the last position (a decoding step)
+    plain = (nk == n or (causal and n == 1)) and key_padding is None and window is None
     if plain and not need:
         return None
     return build_attention_mask(n, nk, causal=causal, window=window, key_padding=key_padding,

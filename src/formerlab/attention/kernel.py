@@ -20,6 +20,10 @@ from .normalize import NORMALIZERS, attention_normalize
 
 __all__ = ["causal_mask", "repeat_kv", "scaled_dot_product"]
 
+#: SDPA broadcasts grouped key/value heads itself (``enable_gqa``, torch 2.5+): no repeated copy
+#: of the keys and values (a decoding step's cache would be copied ``groups`` times per layer)
+_SDPA_GQA = tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
 
 def causal_mask(nq: int, nk: int | None = None, *, device: torch.device | None = None) -> Tensor:
     """Bool ``(nq, nk)`` mask, ``True`` where key ``j <= i + (nk - nq)`` (bottom-right aligned)."""
@@ -54,9 +58,13 @@ def _check_shapes(q: Tensor, k: Tensor, v: Tensor) -> int:
     return q.shape[1] // k.shape[1]
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float,
-          is_causal: bool, scale: float, split_values: bool = False) -> Tensor:
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, groups: int, *, attn_mask: Tensor | None = None,
+          dropout_p: float = 0.0, is_causal: bool = False, scale: float,
+          split_values: bool = False) -> Tensor:
     """``F.scaled_dot_product_attention``; ``split_values`` serves wide values as extra heads.
+
+    Grouped key/value heads are broadcast by SDPA itself (``enable_gqa``, torch 2.5+) instead of
+    being copied per group.
 
     PyTorch's CPU flash kernel needs the value width to equal the query width; otherwise it falls
     back to the math kernel, which materialises every score matrix (GAU: ``e = 2d`` values on
@@ -69,8 +77,12 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: 
     """
     d, dv = q.shape[-1], v.shape[-1]
     if not split_values or dv == d or dv % d or dropout_p > 0.0:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p,
-                                              is_causal=is_causal, scale=scale)
+        kw: dict[str, Any] = {"attn_mask": attn_mask, "dropout_p": dropout_p,
+                              "is_causal": is_causal, "scale": scale}
+        if groups > 1 and _SDPA_GQA:
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
+        return F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), **kw)
+    k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     c = dv // d
     b, h, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     qc = q[:, :, None].expand(b, h, c, nq, d).reshape(b, h * c, nq, d)
@@ -130,8 +142,10 @@ def scaled_dot_product(
     )
     if sdpa_ok and is_causal and mask is None and bias is None and nq == nk:
         # the common training case: SDPA's own causal kernel, no mask tensor at all
-        return _sdpa(q, repeat_kv(k, groups), repeat_kv(v, groups), None, dropout_p, True, scale,
-                     split_values)
+        return _sdpa(q, k, v, groups, dropout_p=dropout_p, is_causal=True, scale=scale,
+                     split_values=split_values)
+    if is_causal and nq == 1:  # one query at the last position (a decoding step) sees every key
+        is_causal = False
     if is_causal:
         cm = causal_mask(nq, nk, device=q.device)
         mask = cm if mask is None else mask & cm
@@ -141,8 +155,8 @@ def scaled_dot_product(
             attn_mask = bias.to(q.dtype)
             if mask is not None:
                 attn_mask = attn_mask.masked_fill(~mask, float("-inf"))
-        return _sdpa(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask, dropout_p, False,
-                     scale, split_values)
+        return _sdpa(q, k, v, groups, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale,
+                     split_values=split_values)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
     scores = torch.matmul(q, k.transpose(-1, -2)) * scale
     if bias is not None:

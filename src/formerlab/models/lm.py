@@ -6,12 +6,21 @@ absolute embeddings, ALiBi, or none (NoPE). Every positional layer takes the hoo
 model (inference-time length extension: PI, NTK, ReRoPE, log-n† ...). Layers mix tokens with any
 mixer of :data:`formerlab.models.MIXERS` (``mha``, ``gau``, ``synthesizer`` ...), per layer if
 ``position.layer_specs`` says so.
+
+Decoding lives one layer up, in :mod:`formerlab.generate` (the import contract puts ``generate``
+above ``models``). :meth:`CausalLM.generate` is a thin delegation to
+:func:`formerlab.generate.generate`: the module named in :data:`GENERATION_PLUGIN` is imported by
+name on the first call, the way foreign checkpoint formats reach ``from_pretrained`` through
+``formats.FORMAT_PLUGINS``. ``models`` holds no static import of ``generate``, so the layers stay
+as declared, and a model used only for training never loads the decoding code.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..losses.lm import causal_lm_loss
@@ -20,7 +29,12 @@ from .formats import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from .outputs import CausalLMOutput
 from .transformer import TransformerModel
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "CausalLM", "CheckpointError", "causal_lm_loss"]
+__all__ = ["CONFIG_NAME", "GENERATION_PLUGIN", "WEIGHTS_NAME", "CausalLM", "CheckpointError",
+           "causal_lm_loss"]
+
+#: the module whose ``generate(model, input_ids, attention_mask, **kwargs)`` serves
+#: :meth:`CausalLM.generate` (imported by name on first use: it sits in a higher layer)
+GENERATION_PLUGIN = "formerlab.generate"
 
 
 class CausalLM(TransformerModel):
@@ -38,7 +52,8 @@ class CausalLM(TransformerModel):
     padding mask (1 keep, 0 pad; position ids then count real tokens, so left padding works) or
     an explicit boolean ``(B|1, H|1, n, past + n)`` mask (``True`` = may attend), e.g. a
     UniLM/prefix mask. ``past_key_values`` is the :class:`~formerlab.models.Cache` returned with
-    ``use_cache=True``.
+    ``use_cache=True``. ``logits_to_keep=k > 0`` computes the logits of the last ``k`` positions
+    only (Hugging Face's argument: a prefill needs just the last one).
     """
 
     causal = True
@@ -65,11 +80,19 @@ class CausalLM(TransformerModel):
         output_attentions: bool = False,
         inputs_embeds: Tensor | None = None,
         token_type_ids: Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) \
+                or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got "
+                             f"{logits_to_keep!r}")
+        if logits_to_keep and labels is not None:
+            raise ValueError("labels need the logits of every position; drop logits_to_keep "
+                             f"(got {logits_to_keep}) when passing labels")
         x, cache, hidden, attns = self.run(
             input_ids, inputs_embeds, attention_mask, position_ids, token_type_ids,
             past_key_values, use_cache, output_hidden_states, output_attentions)
-        logits = self.lm_head(x)
+        logits = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
         loss = None
         if labels is not None:
             if labels.shape != logits.shape[:2]:
@@ -83,6 +106,24 @@ class CausalLM(TransformerModel):
             hidden_states=tuple(hidden) if output_hidden_states else None,
             attentions=tuple(attns) if output_attentions else None,
         )
+
+    @torch.no_grad()
+    def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None,
+                 **kwargs: Any) -> Any:
+        """Generate continuations of ``input_ids``: :func:`formerlab.generate.generate` on this
+        model, with Hugging Face's argument names (``max_new_tokens``, ``do_sample``,
+        ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``, ``num_beams``,
+        ``length_penalty``, ``early_stopping``, ``eos_token_id``, ``pad_token_id``, ``use_cache``,
+        ``streamer``, ``logits_processor``, ``generator``, ``return_dict_in_generate``,
+        ``output_scores`` ...) and formerlab's termination options (``consistent``,
+        ``self_terminating``).
+
+        Returns:
+            The ``(batch · num_return_sequences, prompt + new)`` token ids, or a
+            :class:`formerlab.generate.GenerateOutput` with ``return_dict_in_generate=True``.
+        """
+        plugin = importlib.import_module(GENERATION_PLUGIN)
+        return plugin.generate(self, input_ids, attention_mask, **kwargs)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed_tokens

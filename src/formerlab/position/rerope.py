@@ -112,9 +112,12 @@ def _fused_kernel(q: Tensor, *others: Tensor) -> Any:
     """PyTorch's CPU flash-attention op, which also returns the row log-sum-exp (``None`` if unusable).
 
     Not used when gradients are needed: the op's backward treats the log-sum-exp output as
-    constant, so gradients through the merge weights would be wrong.
+    constant, so gradients through the merge weights would be wrong. Nor when the values are
+    wider or narrower than the queries (GAU): the op needs one head size for q, k and v.
     """
     if q.device.type != "cpu" or q.dtype not in (torch.float32, torch.float64):
+        return None
+    if any(t.shape[-1] != q.shape[-1] for t in others):
         return None
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, *others)):
         return None

@@ -1,0 +1,1 @@
+"""Decoding and long-context inference: NBCE, dialogue formatting, unargmaxable tokens."""

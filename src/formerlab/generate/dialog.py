@@ -381,7 +381,6 @@ class ChatBot:
                 generator: torch.Generator | None = None, temperature: float = 1.0) -> str:
         """Sample a response to ``history`` (top-k, at most ``max_len`` tokens, stop at ``E``)."""
         ids = self.respond_ids(history, top_k, max_len, generator, temperature)
-        try:
-            return self.tokenizer.decode(ids, skip_special_tokens=True)
-        except TypeError:
-            return self.tokenizer.decode(ids)
+        from .nbce import _decode_text
+
+        return _decode_text(self.tokenizer, ids)

@@ -420,9 +420,16 @@ def nbce_decode(
 
 
 def _decode_text(tokenizer: Any, ids: list[int]) -> str:
-    if _accepts(tokenizer.decode, "skip_special_tokens"):
-        return tokenizer.decode(ids, skip_special_tokens=True)
-    return tokenizer.decode(ids)
+    """``tokenizer.decode`` without special tokens; invalid UTF-8 from byte-level tokenizers is
+    replaced rather than raised when the tokenizer takes ``errors=``."""
+    kwargs: dict[str, Any] = {}
+    for name, value in (("skip_special_tokens", True), ("errors", "replace")):
+        try:
+            if name in inspect.signature(tokenizer.decode).parameters:
+                kwargs[name] = value
+        except (TypeError, ValueError):
+            pass
+    return tokenizer.decode(ids, **kwargs)
 
 
 def nbce_generate(

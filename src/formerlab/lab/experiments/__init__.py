@@ -1,5 +1,5 @@
 """One module per registered experiment; importing this package registers them all."""
 
-from . import position_probe
+from . import dialog, nbce_retrieval, position_probe, unargmaxable
 
-__all__ = ["position_probe"]
+__all__ = ["dialog", "nbce_retrieval", "position_probe", "unargmaxable"]

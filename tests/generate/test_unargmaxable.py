@@ -91,6 +91,8 @@ def test_agrees_with_a_full_lp_per_class_with_bias(method):
     idx, certs = run(W, b, method=method)
     assert idx.tolist() == lp_oracle(W, b)
     assert certs.verify(W, b)
+    assert certs.solved_by["screen"] > 0  # the biased screen settles some classes itself
+    assert run(W, b, method=method, screen=False)[0].tolist() == idx.tolist()
 
 
 def constructed_head(n=160, d=6, seed=7):

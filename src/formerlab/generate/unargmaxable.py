@@ -417,7 +417,7 @@ def _unargmaxable(U: Tensor, k: int, bias: bool, by: str, support: Tensor, lam: 
 def find_unargmaxable(
     W: Tensor,
     b: Tensor | None = None,
-    method: str = "lp",
+    method: str = "hull",
     tol: float | None = None,
     *,
     screen: bool = True,
@@ -429,8 +429,8 @@ def find_unargmaxable(
     Args:
         W: ``(n_classes, dim)`` weight (an ``nn.Linear``'s ``weight``, e.g. an LM head).
         b: ``(n_classes,)`` bias or ``None``.
-        method: A name of :data:`UNARGMAXABLE_METHODS`: ``"lp"`` (HiGHS, needs scipy),
-            ``"hull"`` (exact min-norm point, pure torch) or ``"frank_wolfe"``.
+        method: A name of :data:`UNARGMAXABLE_METHODS`: ``"hull"`` (exact min-norm point, pure
+            torch; the fastest), ``"lp"`` (HiGHS, needs scipy) or ``"frank_wolfe"``.
         tol: Margins ``δ_k ≤ tol · R`` (R the largest row norm) count as zero; default 1e-9 for
             float64 ``W``, 1e-6 for float32 (the rounding level of the data), 1e-3 for half
             precision. The exact solvers resolve ``δ`` down to about ``1e-7 · R``; a class

@@ -81,7 +81,7 @@ class UnargmaxableConfig(Config):
     """Which heads, their sizes, and the methods run on the real head."""
 
     heads: tuple[str, ...] = HEADS
-    methods: tuple[str, ...] = ("lp",)
+    methods: tuple[str, ...] = ("hull",)
     constructed_n: int = 400
     constructed_d: int = 8
     constructed_interior: int = 20
@@ -130,7 +130,7 @@ class UnargmaxableExperiment(Experiment):
                                             constructed_d=5, constructed_interior=8,
                                             gaussian_n=400, gaussian_d=32),
         "quick": lambda: UnargmaxableConfig(),
-        "full": lambda: UnargmaxableConfig(methods=("lp", "hull", "frank_wolfe"),
+        "full": lambda: UnargmaxableConfig(methods=("hull", "lp", "frank_wolfe"),
                                            normalize_real=True),
     }
     claims = [
@@ -149,11 +149,11 @@ class UnargmaxableExperiment(Experiment):
                         label="unargmaxable rows after normalising the constructed head")),
         Claim("high-dim-random-none", "High-dimensional geometry makes them rare: a random "
               "Gaussian head with d = 64 and n = 2000 has none.", POST,
-              Threshold("unargmaxable", {"head": "gaussian", "method": "lp"}, 0.5, above=False,
+              Threshold("unargmaxable", {"head": "gaussian", "method": "hull"}, 0.5, above=False,
                         label="unargmaxable rows of the Gaussian head")),
         Claim("rare-in-practice", "Real language models have few unargmaxable tokens (a tiny "
               "fraction of the vocabulary, well under 1%).", POST,
-              Threshold("fraction", {"head": "smollm2", "method": "lp"}, 0.01, above=False,
+              Threshold("fraction", {"head": "smollm2", "method": "hull"}, 0.01, above=False,
                         scale=100, label="SmolLM2-135M unargmaxable tokens (% of 49152)")),
     ]
 
@@ -170,10 +170,10 @@ class UnargmaxableExperiment(Experiment):
             ctx.log(f"constructed head {tuple(W.shape)}: {rows[-1]['unargmaxable']} found, "
                     f"{len(known)} built inside the hull")
             normalize_classifier_(W)
-            rows.append(_measure("constructed-normalized", W, "lp")[0])
+            rows.append(_measure("constructed-normalized", W, "hull")[0])
         if "gaussian" in config.heads:
             W = torch.randn(config.gaussian_n, config.gaussian_d, generator=ctx.generator)
-            rows.append(_measure("gaussian", W, "lp")[0])
+            rows.append(_measure("gaussian", W, "hull")[0])
         if "smollm2" in config.heads:
             W, tokens = smollm2_head()
             for m in config.methods:

@@ -7,9 +7,33 @@ and the termination tools of kexue.fm/archives/7500 (consistent sampling, the se
   parameters; :class:`LogitsProcessorList` chains processors (transformers' ones included).
 - :class:`SelfTerminatingHead`, :class:`SelfTerminatingLogits`, :func:`sample` and the bounds of
   :mod:`formerlab.generate.termination`.
+- :func:`nbce_generate`, :func:`nbce_merge`, :func:`split_long_text` — naive-Bayes context
+  extension (kexue.fm/archives/9617): many contexts, one question, one batched decoding.
+- :class:`DialogueCollator`, :func:`build_dialogue_prompt`, :class:`ChatBot` — multi-turn
+  dialogue as a language-model sequence (kexue.fm/archives/7718).
+- :func:`find_unargmaxable`, :func:`hull_distance`, :func:`normalize_classifier_` — tokens an LM
+  head can never predict (kexue.fm/archives/9046), with certificates.
 """
 
+from .dialog import (
+    ChatBot,
+    DialogueCollator,
+    DialogueExample,
+    build_dialogue_lm_example,
+    build_dialogue_prompt,
+    dialogue_attention_mask,
+)
 from .generation import GenerateOutput, generate, sequence_limit
+from .nbce import (
+    NBCE_POOLINGS,
+    NBCEOutput,
+    nbce_decode,
+    nbce_generate,
+    nbce_merge,
+    nbce_prompts,
+    split_long_text,
+    truncate_logprobs,
+)
 from .processors import (
     LOGITS_FILTERS,
     LogitsFilter,
@@ -32,27 +56,55 @@ from .termination import (
     sample,
     self_terminating_log_probs,
 )
+from .unargmaxable import (
+    UNARGMAXABLE_METHODS,
+    ArgmaxCertificates,
+    HullDistance,
+    find_unargmaxable,
+    hull_distance,
+    normalize_classifier_,
+)
 
 __all__ = [
     "LOGITS_FILTERS",
+    "NBCE_POOLINGS",
+    "UNARGMAXABLE_METHODS",
+    "ArgmaxCertificates",
+    "ChatBot",
+    "DialogueCollator",
+    "DialogueExample",
     "GenerateOutput",
+    "HullDistance",
     "LogitsFilter",
     "LogitsProcessorList",
     "ModelRunner",
+    "NBCEOutput",
     "SelfTerminatingHead",
     "SelfTerminatingLogits",
     "SelfTerminatingOutput",
     "TextStreamer",
     "beam_search",
+    "build_dialogue_lm_example",
+    "build_dialogue_prompt",
     "build_logits_processor",
+    "dialogue_attention_mask",
     "eos_probability_floor",
     "expected_length_bound",
+    "find_unargmaxable",
     "generate",
     "greedy_termination_bound",
+    "hull_distance",
     "logits_filter_options",
+    "nbce_decode",
+    "nbce_generate",
+    "nbce_merge",
+    "nbce_prompts",
     "non_termination_ratio",
+    "normalize_classifier_",
     "register_logits_filter",
     "sample",
     "self_terminating_log_probs",
     "sequence_limit",
+    "split_long_text",
+    "truncate_logprobs",
 ]

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Iterator
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -47,7 +46,7 @@ _TOKEN_ID = {t: i for i, t in enumerate(LISTOPS_VOCAB)}
 VALUE_P = 0.25  # LRA's probability that a node below the maximum depth is an operator
 
 #: a digit, or ``(operator, [arguments])``
-Tree = Union[int, tuple[str, list["Tree"]]]
+Tree = int | tuple[str, list["Tree"]]
 
 
 def generate_tree(rng: random.Random, max_depth: int, max_args: int, depth: int = 1

@@ -4,6 +4,7 @@
 - :data:`MIXERS` holds the token mixers a layer can use (``mha``, ``gau``, ``synthesizer``, ``lru``, ``slru``, ``linear``, ``vq``).
 - :class:`CausalLM` and :class:`Encoder` share one stack (:class:`TransformerModel`); their
   decoding state is a :class:`Cache` of per-layer states.
+- :class:`SequenceClassifier` puts a pooled classification head on any of them.
 - Presets ``llama``, ``bert``, ``gau_alpha`` build configs; :func:`widen_transformer` widens a
   model exactly.
 """
@@ -13,6 +14,7 @@ from .cache import Cache
 from .config import ModelConfig
 from .encoder import Encoder
 from .formats import CheckpointError, convert_gau_config
+from .heads import POOLINGS, SequenceClassifier, SequenceClassifierOutput
 from .lm import CausalLM, causal_lm_loss
 from .mixers import (
     MIXERS,
@@ -32,6 +34,7 @@ from .widen import widen_transformer
 
 __all__ = [
     "MIXERS",
+    "POOLINGS",
     "PRESETS",
     "BaseModelOutput",
     "Block",
@@ -47,6 +50,8 @@ __all__ = [
     "ModelConfig",
     "ModelOutput",
     "SLRUOptions",
+    "SequenceClassifier",
+    "SequenceClassifierOutput",
     "SynthesizerOptions",
     "TransformerModel",
     "VQOptions",

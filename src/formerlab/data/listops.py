@@ -155,17 +155,42 @@ class ClassificationDataset:
         return {"input_ids": sub.input_ids, "attention_mask": sub.attention_mask,
                 "labels": sub.labels}
 
-    def batches(self, batch_size: int, steps: int, generator: torch.Generator | None = None
-                ) -> Iterator[dict[str, Tensor]]:
-        """``steps`` random batches: a fresh permutation every epoch (``generator`` seeds it)."""
-        if batch_size < 1 or steps < 0:
-            raise ValueError(f"batch_size must be >= 1 and steps >= 0, got {batch_size}, {steps}")
-        perm, pos = torch.randperm(len(self), generator=generator), 0
+    def batches(self, batch_size: int, steps: int, generator: torch.Generator | None = None,
+                *, bucket: int = 0) -> Iterator[dict[str, Tensor]]:
+        """``steps`` random batches: a fresh permutation every epoch (``generator`` seeds it).
+
+        Args:
+            bucket: If ``> 0``, sort each run of ``bucket·batch_size`` shuffled examples by length
+                before cutting it into batches (served in random order): batches of similar
+                lengths waste less compute on padding; ``0`` = plain random batches.
+        """
+        if batch_size < 1 or steps < 0 or bucket < 0:
+            raise ValueError(f"batch_size must be >= 1, steps and bucket >= 0, got {batch_size}, "
+                             f"{steps}, {bucket}")
+        if batch_size > len(self):
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(self)} examples")
+        queue: list[Tensor] = []
         for _ in range(steps):
-            if pos + batch_size > len(self):
-                perm, pos = torch.randperm(len(self), generator=generator), 0
-            yield self.batch(perm[pos:pos + batch_size])
-            pos += batch_size
+            if not queue:
+                queue = self._epoch(batch_size, bucket, generator)
+            yield self.batch(queue.pop())
+
+    def _epoch(self, batch_size: int, bucket: int, generator: torch.Generator | None
+               ) -> list[Tensor]:
+        """The batches of one epoch (the last ``len % batch_size`` examples wait for the next)."""
+        perm = torch.randperm(len(self), generator=generator)
+        usable = len(self) - len(self) % batch_size
+        perm = perm[:usable]
+        if bucket:
+            lengths = self.lengths[perm]
+            size = bucket * batch_size
+            perm = torch.cat([chunk[lengths[i:i + size].argsort(stable=True)]
+                              for i, chunk in zip(range(0, usable, size), perm.split(size))])
+        out = list(perm.split(batch_size))
+        if bucket:
+            order = torch.randperm(len(out), generator=generator)
+            out = [out[int(i)] for i in order]
+        return out[::-1]  # popped from the end: first batch first
 
     def majority_accuracy(self) -> float:
         """Accuracy of always answering the most frequent label of this set."""

@@ -134,7 +134,7 @@ def _device(model: nn.Module) -> torch.device:
 
 def self_pretrain(model: nn.Module, dataset: Any, objective: str = "mlm", mask_prob: float = 0.5,
                   steps: int = 1000, *, train: TrainConfig | None = None,
-                  generator: torch.Generator | None = None,
+                  generator: torch.Generator | None = None, bucket: int = 0,
                   progress: Callable[[int, float], None] | None = None) -> FitResult:
     """Pre-train ``model``'s backbone in place on ``dataset``'s inputs (no labels used).
 
@@ -151,6 +151,7 @@ def self_pretrain(model: nn.Module, dataset: Any, objective: str = "mlm", mask_p
         train: Learning rate, batch size, warmup, decay, clipping (``steps`` overrides its
             ``steps``); default AdamW 1e-3, 10% warmup, cosine, batch 32.
         generator: Random source of the batches and the masks.
+        bucket: Batch examples of similar length (``dataset.batches(..., bucket=)``).
         progress: Called with ``(step, loss)`` after every step.
 
     Returns:
@@ -186,13 +187,14 @@ def self_pretrain(model: nn.Module, dataset: Any, objective: str = "mlm", mask_p
         aux = auxiliary_loss(backbone)
         return loss if aux is None else loss + aux
 
-    batches = dataset.batches(cfg.batch_size, steps, generator)
+    batches = dataset.batches(cfg.batch_size, steps, generator, bucket=bucket)
     return _fit(backbone, loss_of, batches, cfg, _device(backbone), progress)
 
 
 def train_classifier(model: nn.Module, dataset: Any, steps: int, *,
                      train: TrainConfig | None = None, generator: torch.Generator | None = None,
-                     progress: Callable[[int, float], None] | None = None) -> FitResult:
+                     bucket: int = 0, progress: Callable[[int, float], None] | None = None
+                     ) -> FitResult:
     """Fine-tune every weight of a classifier (``model(input_ids, attention_mask, labels).loss``)
     on ``dataset``; arguments as :func:`self_pretrain`."""
     cfg = _train_config(train, steps)
@@ -201,7 +203,7 @@ def train_classifier(model: nn.Module, dataset: Any, steps: int, *,
         return model(batch["input_ids"], attention_mask=batch["attention_mask"],
                      labels=batch["labels"]).loss
 
-    batches = dataset.batches(cfg.batch_size, steps, generator)
+    batches = dataset.batches(cfg.batch_size, steps, generator, bucket=bucket)
     return _fit(model, loss_of, batches, cfg, _device(model), progress)
 
 

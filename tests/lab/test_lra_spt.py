@@ -43,6 +43,7 @@ def test_micro_rows_cover_every_arm_and_the_baselines(micro):
     assert {c["id"] for c in micro["claims"]} == {c.id for c in EXP.claims}
 
 
+@pytest.mark.slow
 def test_an_arm_is_a_function_of_its_initialisation_and_generator():
     cfg = EXP.preset("micro")
     train, test = _data(cfg.n_train, cfg.n_test, cfg.max_depth, cfg.max_args, cfg.min_len,

@@ -187,7 +187,7 @@ class LRASPT(Experiment):
         "micro": lambda: LRASPTConfig(n_train=64, n_test=32, max_depth=3, max_args=4, min_len=4,
                                       max_len=24, hidden=16, layers=1, heads=2, spt_steps=3,
                                       ft_steps=3, batch_size=16, bucket=0),
-        "quick": lambda: LRASPTConfig(n_train=8000, n_test=1000, spt_steps=500, ft_steps=500,
+        "quick": lambda: LRASPTConfig(n_train=8000, n_test=1000, spt_steps=800, ft_steps=800,
                                       lr=2e-3, spt_lr=2e-3),
         "full": lambda: LRASPTConfig(n_train=20000, n_test=1000, max_depth=8, hidden=128,
                                      layers=4, spt_steps=4000, ft_steps=4000),

@@ -317,7 +317,7 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
     if key_valid is not None:
         valid = F.pad(key_valid, (0, pad), value=False).reshape(*key_valid.shape[:-1], nb, ell)
     cb = F.pad(codes, (0, pad)).reshape(*lead, nb, ell) if pad else codes.reshape(*lead, nb, ell)
-    cb_t = codebook.transpose(-1, -2)[..., None, :, :] if codebook.dim() > 2 else codebook.T
+    cb_t = codebook.transpose(-1, -2)  # (…, d, S)
     rel, causal = _window_index(ell, q.device)
     future = ~causal[:, ell:]  # (ℓ, ℓ): keys after the query in its own block
     if bias is not None and bias.shape[-2] == 1:  # by distance only: (…, 1, ℓ, 2ℓ)
@@ -353,7 +353,10 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
             seen = torch.cat([prev, valid[..., t0:t1, :]], dim=-1)  # (…, G, 2ℓ)
             wl.masked_fill_(~seen[..., None, :], float("-inf"))
         log_counts = _log_counts(torch.stack(cache_counts, dim=-2))[..., None, :]
-        cl = torch.matmul(qg, cb_t).add_(log_counts)  # (…, G, ℓ, S)
+        # the group's queries as one (G·ℓ)-row matrix: a per-head codebook is broadcast once,
+        # not copied for every block
+        cl = torch.matmul(qg.flatten(-3, -2), cb_t).view(*qg.shape[:-1], size)
+        cl = cl.add_(log_counts)  # (…, G, ℓ, S)
         outs.append(_joint_softmax(wl, vwin, cl, torch.stack(cache_means, dim=-3)))
     out = torch.cat(outs, dim=-3) if len(outs) > 1 else outs[0]
     return out.reshape(*out.shape[:-3], nb * ell, out.shape[-1])[..., :n, :]

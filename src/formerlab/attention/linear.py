@@ -240,8 +240,9 @@ def linear_attention_recurrent(
         fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
     n = q.shape[-2]
     outs = []
-    for lo in range(0, n, chunk_size):
-        cq, ck, cv = (t[..., lo:lo + chunk_size, :] for t in (fq, fk, v))
+    # split, not sliced: one backward node for all chunks (a slice's backward fills a tensor of
+    # the whole sequence, which would make the backward quadratic in n)
+    for cq, ck, cv in zip(*(t.split(chunk_size, dim=-2) for t in (fq, fk, v))):
         m = cq.shape[-2]
         a = torch.matmul(cq, ck.transpose(-1, -2))
         a = a * torch.ones(m, m, dtype=torch.bool, device=a.device).tril()

@@ -273,13 +273,6 @@ def _window_index(block_len: int, device: torch.device) -> tuple[Tensor, Tensor]
     return r.clamp_min(0), r >= 0
 
 
-def _previous_blocks(x: Tensor, t0: int, t1: int) -> Tensor:
-    """Blocks ``t0 − 1 … t1 − 2`` of ``x`` ``(…, T, ℓ, ·)``, zeros standing in for block −1."""
-    if t0 > 0:
-        return x[..., t0 - 1:t1 - 1, :, :]
-    return torch.cat([torch.zeros_like(x[..., :1, :, :]), x[..., :t1 - 1, :, :]], dim=-3)
-
-
 def _mask_window(wl: Tensor, future: Tensor, first: int, blocks: int, pad: int) -> None:
     """Hide, in place, the window keys a query may not see: later keys of its own block, the
     (absent) block before the stream's first block, and the padding of the last block."""
@@ -329,23 +322,30 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
     counts, sums = counts0, means0 * counts0[..., None]
     # groups of blocks keep the ℓ × (2ℓ + S) logits of a group within _GROUP_ELEMENTS
     group = max(1, _GROUP_ELEMENTS // (max(1, math.prod(lead)) * ell * (2 * ell + size)))
+    # per-group pieces by split / unbind, not slicing: one backward node each (the backward of a
+    # slice fills a tensor of the whole stream, quadratic over many groups)
+    previous = [torch.cat([torch.zeros_like(t[..., :1, :, :]), t[..., :-1, :, :]], dim=-3)
+                for t in (kb, vb)]  # block t − 1 beside block t; zeros before the first
+    pieces = [t.split(group, dim=-3) for t in (qb, kb, vb, *previous)]
+    if bias is not None and bias.shape[-3] != 1:
+        bias_groups = bias.split(group, dim=-3)
+    v_blocks, c_blocks = vb.unbind(-3), cb.unbind(-2)
     outs = []
-    for t0 in range(0, nb, group):
-        t1 = min(nb, t0 + group)
+    for gi, (qg, kg, vg, kp, vp) in enumerate(zip(*pieces)):
+        t0 = gi * group
+        t1 = t0 + qg.shape[-3]
         cache_counts, cache_means = [], []
         for t in range(t0, t1):
             if t >= 2:  # block t − 2 leaves the window and enters the cache
-                c, u = _code_stats(cb[..., t - 2, :], vb[..., t - 2, :, :], size,
-                                   valid[..., t - 2, :])
+                c, u = _code_stats(c_blocks[t - 2], v_blocks[t - 2], size, valid[..., t - 2, :])
                 counts, sums = counts + c, sums + (u if grad_through_cache else u.detach())
             cache_counts.append(counts)
             cache_means.append(sums / counts.clamp_min(1)[..., None])
-        qg = qb[..., t0:t1, :, :]
-        kwin = torch.cat([_previous_blocks(kb, t0, t1), kb[..., t0:t1, :, :]], dim=-2)
-        vwin = torch.cat([_previous_blocks(vb, t0, t1), vb[..., t0:t1, :, :]], dim=-2)
+        kwin = torch.cat([kp, kg], dim=-2)
+        vwin = torch.cat([vp, vg], dim=-2)
         wl = torch.matmul(qg, kwin.transpose(-1, -2))  # (…, G, ℓ, 2ℓ)
         if bias is not None:
-            wl = wl + (bias if bias.shape[-3] == 1 else bias[..., t0:t1, :, :])
+            wl = wl + (bias if bias.shape[-3] == 1 else bias_groups[gi])
         _mask_window(wl, future, t0, nb, pad)
         if key_valid is not None:  # padding tokens of a ragged batch
             prev = (valid[..., t0 - 1:t1 - 1, :] if t0 > 0 else

@@ -148,3 +148,28 @@ def test_recurrent_errors():
         linear_attention_recurrent(q, k, v, chunk_size=0)
     with pytest.raises(TypeError, match="LinearAttentionState"):
         linear_attention_step(q[..., 0, :], k[..., 0, :], v[..., 0, :], state=(s.s, s.z))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_key_mask_hides_padding_and_equals_the_row_alone(causal):
+    q, k, v = _qkv(7, n=12)
+    mask = torch.arange(12) >= 4  # left padding (for the encoder: any position works alike)
+    out = linear_attention(q, k, v, causal=causal, key_mask=mask)
+    alone = linear_attention(q[..., 4:, :], k[..., 4:, :], v[..., 4:, :], causal=causal)
+    torch.testing.assert_close(out[..., 4:, :], alone, rtol=0, atol=1e-12)
+    if causal:
+        assert float(out[..., :4, :].abs().max()) == 0.0  # queries that see no key: zeros
+        rec, st = linear_attention_recurrent(q, k, v, key_mask=mask, chunk_size=5)
+        torch.testing.assert_close(rec, out, rtol=0, atol=1e-12)
+        _, st_alone = linear_attention_recurrent(q[..., 4:, :], k[..., 4:, :], v[..., 4:, :])
+        torch.testing.assert_close(st.s, st_alone.s, rtol=0, atol=1e-12)  # padding added nothing
+    # padding in the middle of an encoder's row: the oracle drops those keys from the matrix
+    mid = torch.ones(12, dtype=torch.bool)
+    mid[5:8] = False
+    if not causal:
+        a = linear_attention_matrix(q, k[..., mid, :]) @ v[..., mid, :]
+        torch.testing.assert_close(linear_attention(q, k, v, key_mask=mid), a, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        linear_attention(q, k, v, causal=causal, key_mask=mask[:5])
+    with pytest.raises(TypeError, match="key_mask must be a bool tensor"):
+        linear_attention(q, k, v, causal=causal, key_mask=mask.float())

@@ -429,3 +429,61 @@ def test_empty_chunks():
     o, st2 = vq_attention(q[..., :0, :], kh[..., :0, :], codes[..., :0], v[..., :0, :], cb,
                           cache=st)
     assert o.shape == (2, 3, 0, 5) and st2.length == 6
+
+
+# --- padding (ragged batches) --------------------------------------------------------------------
+def ragged_mask(b, n, seed, keep=0.7):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(b, 1, n, generator=g) < keep
+    m[0, 0, :3] = False  # a row whose first queries see no key at all
+    return m
+
+
+@pytest.mark.parametrize("bias_kind", [None, "toeplitz", "per_query"])
+def test_key_mask_equals_the_masked_reference(bias_kind):
+    ell, n = 4, 27
+    q, k, v, cb, codes = problem(30, n=n, per_head=True)
+    kh = quantised(k, cb, codes)
+    g = torch.Generator().manual_seed(31)
+    bias = {None: None, "toeplitz": torch.randn(2 * ell, generator=g, dtype=F64),
+            "per_query": torch.randn(2, 3, n, 2 * ell, generator=g, dtype=F64)}[bias_kind]
+    mask = ragged_mask(2, n, 32)
+    out, whole = vq_attention(q, kh, codes, v, cb, block_len=ell, window_bias=bias,
+                              key_mask=mask, use_cache=True)
+    ref = vq_attention_reference(q, kh, v, block_len=ell, window_bias=bias, key_mask=mask)
+    seen = ~torch.isnan(ref[..., 0])
+    torch.testing.assert_close(out[seen], ref[seen], rtol=0, atol=1e-10)
+    assert not bool(seen.all()) and float(out[~seen].abs().max()) == 0.0  # no key: zeros
+    # in pieces (single tokens included) the cache remembers which window tokens are padding
+    outs, state = [], None
+    for lo, hi in itertools.pairwise([0, 3, 4, 5, 13, 14, 27]):
+        sl = slice(lo, hi)
+        b_sl = bias if bias is None or bias.dim() == 1 else bias[..., sl, :]
+        o, state = vq_attention(q[..., sl, :], kh[..., sl, :], codes[..., sl], v[..., sl, :], cb,
+                                block_len=ell, window_bias=b_sl, cache=state, use_cache=True,
+                                key_mask=mask[..., sl])
+        outs.append(o)
+    torch.testing.assert_close(torch.cat(outs, -2), out, rtol=0, atol=1e-10)
+    torch.testing.assert_close(state.counts, whole.counts, rtol=0, atol=0)
+    # padded tokens are never counted: the folded counts are those of the real tokens
+    folded = n - state.window
+    real = torch.nn.functional.one_hot(codes[..., :folded], 7).to(F64) * mask[..., :folded, None]
+    torch.testing.assert_close(state.counts, real.sum(-2), rtol=0, atol=0)
+
+
+def test_left_padding_without_bias_equals_the_row_alone():
+    """Without a bias the block grid does not matter, so a row after p padding tokens equals the
+    same row computed without them (an oracle independent of the reference)."""
+    q, k, v, cb, codes = problem(33, b=1, n=23)
+    kh = quantised(k, cb, codes)
+    alone = run(q[..., 5:, :], kh[..., 5:, :], codes[..., 5:], v[..., 5:, :], cb, block_len=4)
+    mask = torch.arange(23) >= 5
+    padded = run(q, kh, codes, v, cb, block_len=4, key_mask=mask)
+    torch.testing.assert_close(padded[..., 5:, :], alone, rtol=0, atol=1e-12)
+    enc = run(q, kh, codes, v, cb, causal=False, key_mask=mask)
+    alone = run(q[..., 5:, :], kh[..., 5:, :], codes[..., 5:], v[..., 5:, :], cb, causal=False)
+    torch.testing.assert_close(enc[..., 5:, :], alone, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="key_mask of shape \\(22,\\) does not broadcast"):
+        run(q, kh, codes, v, cb, key_mask=mask[1:])
+    with pytest.raises(TypeError, match="key_mask must be a bool tensor"):
+        run(q, kh, codes, v, cb, key_mask=mask.long())

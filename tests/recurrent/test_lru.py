@@ -250,3 +250,38 @@ def test_circular_law_motivates_the_ring():
     hist = torch.histc(r2.clamp(max=1.0), bins=4, min=0, max=1) / n
     assert float(r2.max()) < 1.1
     torch.testing.assert_close(hist, torch.full((4,), 0.25, dtype=F64), rtol=0, atol=0.05)
+
+
+@pytest.mark.parametrize("cls", [LRU, SLRU])
+def test_padding_leaves_the_state_unchanged(cls):
+    """Masked positions anywhere (left, middle, right) are skipped: the real tokens' outputs equal
+    the recurrence run over the real tokens only (state carried over the gaps)."""
+    m = make(cls, scan="chunked")
+    u = sequence(b=2, n=17)
+    mask = torch.ones(2, 17, dtype=torch.bool)
+    mask[0, :4] = False
+    mask[0, 9:12] = False
+    mask[1, 13:] = False
+    y, st = m(u, mask=mask, use_cache=True)
+    for i in range(2):
+        alone, st_i = m(u[i:i + 1, mask[i]], use_cache=True)
+        torch.testing.assert_close(y[i, mask[i]], alone[0], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(st.hidden[i], st_i.hidden[0], rtol=1e-12, atol=1e-12)
+    assert st.length == 17  # padding counts towards the length (positions stay aligned)
+    # one step with a padded row keeps that row's state
+    y1, st1 = m.step(u[:, 0], st, mask=torch.tensor([True, False]))
+    torch.testing.assert_close(st1.hidden[1], st.hidden[1], rtol=0, atol=0)
+    ref, _ = m.step(u[:1, 0], st.clone().batch_select(torch.tensor([0])))
+    torch.testing.assert_close(y1[:1], ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="mask must be a bool tensor of shape \\(2, 17\\)"):
+        m(u, mask=mask[:, 1:])
+
+
+def test_reset_parameters_redraws_the_ring_from_the_generator():
+    m = make(LRU, n=16, seed=5)
+    m.reset_parameters(torch.Generator().manual_seed(0))
+    again = make(LRU, n=16)  # built from seed 0 (in float32, then cast)
+    for p, q in zip(m.parameters(), again.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    m.reset_parameters(torch.Generator().manual_seed(1))
+    assert not torch.equal(m.nu_log, again.nu_log)

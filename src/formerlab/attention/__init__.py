@@ -44,6 +44,7 @@ from .vq import (
     vq_commitment_loss,
     vq_straight_through,
 )
+from .vq_layer import TransformerVQLayer
 
 __all__ += [
     "FEATURE_MAPS",
@@ -55,6 +56,7 @@ __all__ += [
     "LinearAttentionState",
     "ScaleOffset",
     "SynthesizerAttention",
+    "TransformerVQLayer",
     "VQAttentionState",
     "attention_entropy",
     "build_mask",

@@ -64,8 +64,30 @@ def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
         )
 
 
+def _check_key_mask(key_mask: Tensor | None, k: Tensor) -> Tensor | None:
+    """``key_mask`` as a bool ``(…, n, 1)`` (``None`` passes through), validated."""
+    if key_mask is None:
+        return None
+    if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
+        raise TypeError(f"key_mask must be a bool tensor (True = real key), got "
+                        f"{getattr(key_mask, 'dtype', type(key_mask).__name__)}")
+    try:
+        torch.broadcast_shapes(key_mask.shape, k.shape[:-1])
+    except RuntimeError as exc:
+        raise ValueError(f"key_mask of shape {tuple(key_mask.shape)} does not broadcast to the "
+                         f"keys' {tuple(k.shape[:-1])} (…, n)") from exc
+    return key_mask[..., None]
+
+
+def _divide(num: Tensor, den: Tensor) -> Tensor:
+    """``num / den`` with ``0`` where ``den == 0`` (a query that sees no key: padding)."""
+    empty = den == 0
+    return torch.where(empty, 0.0, num / torch.where(empty, 1.0, den))
+
+
 def linear_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
-                     feature_map: str = "elu1", eps: float = 0.0) -> Tensor:
+                     feature_map: str = "elu1", eps: float = 0.0,
+                     key_mask: Tensor | None = None) -> Tensor:
     """Kernelised attention ``(…, n, d_v)`` in O(n) time and memory (causal by cumulative sums).
 
     Args:
@@ -74,23 +96,28 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
         causal: Query ``i`` sees keys ``j ≤ i``.
         feature_map: A name of :data:`FEATURE_MAPS`.
         eps: Added to the denominator.
+        key_mask: Bool ``(…, n)`` (broadcastable), ``False`` = padded key: its features count as
+            zero. A query that sees no key at all returns zeros.
     """
     _check(q, k, v)
     phi = FEATURE_MAPS.get(feature_map)
     fq, fk = phi(q), phi(k)
+    m = _check_key_mask(key_mask, k)
+    if m is not None:  # padded keys: no features, no values (whatever the padding holds)
+        fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
     if not causal:
         kv = torch.matmul(fk.transpose(-1, -2), v)  # (…, d, dv)
         z = fk.sum(-2)  # (…, d)
         num = torch.matmul(fq, kv)
         den = (fq * z[..., None, :]).sum(-1, keepdim=True)
-        return num / (den + eps)
+        return _divide(num, den + eps)
     if q.shape[-2] != k.shape[-2]:
         raise ValueError(f"causal linear attention needs nq == nk, got {q.shape[-2]}, {k.shape[-2]}")
     s = torch.cumsum(fk[..., :, None] * v[..., None, :], dim=-3)  # (…, n, d, dv)
     z = torch.cumsum(fk, dim=-2)  # (…, n, d)
     num = torch.einsum("...nd,...nde->...ne", fq, s)
     den = (fq * z).sum(-1, keepdim=True)
-    return num / (den + eps)
+    return _divide(num, den + eps)
 
 
 def linear_attention_matrix(q: Tensor, k: Tensor, causal: bool = False,
@@ -120,7 +147,13 @@ class LinearAttentionState(RecurrentState):
     s: Tensor | None = None
     z: Tensor | None = None
     length: int = 0
+    owner: str = "linear"
     _batch_fields = ("s", "z")
+
+    @property
+    def min_crop_length(self) -> int:
+        """The shortest length :meth:`crop` can return to: the current one (no history)."""
+        return self.length
 
     def update(self, fk: Tensor, v: Tensor) -> LinearAttentionState:
         """Add the features ``φ(k)`` ``(…, m, d_φ)`` and values ``(…, m, d_v)`` of ``m`` tokens."""
@@ -148,7 +181,7 @@ class LinearAttentionState(RecurrentState):
         self.update(phi(k)[..., None, :], v[..., None, :])
         num = torch.einsum("...d,...de->...e", fq, self.s)
         den = (fq * self.z).sum(-1, keepdim=True)
-        return num / (den + self.eps)
+        return _divide(num, den + self.eps)
 
 
 def _resolve(state: LinearAttentionState | None, feature_map: str | None, eps: float | None
@@ -177,6 +210,7 @@ def _check_state_shape(state: LinearAttentionState, q: Tensor, v: Tensor) -> Non
 def linear_attention_recurrent(
     q: Tensor, k: Tensor, v: Tensor, state: LinearAttentionState | None = None, *,
     feature_map: str | None = None, eps: float | None = None, chunk_size: int = 64,
+    key_mask: Tensor | None = None,
 ) -> tuple[Tensor, LinearAttentionState]:
     """Causal linear attention chunk by chunk, continuing from ``state``.
 
@@ -185,6 +219,8 @@ def linear_attention_recurrent(
         state: The state after the previous tokens (not modified); ``None`` starts empty.
         feature_map, eps: As :func:`linear_attention` (default: the state's, else ``elu1``, 0).
         chunk_size: Tokens per chunk (quadratic inside a chunk, recurrent across chunks).
+        key_mask: Bool ``(…, n)``, ``False`` = padding: those tokens add nothing to the state
+            (``S`` and ``z`` pass them unchanged).
 
     Returns:
         ``(out, new_state)``: ``out`` ``(…, n, d_v)`` equals ``linear_attention(…, causal=True)``
@@ -199,10 +235,14 @@ def linear_attention_recurrent(
     _check_state_shape(st, q, v)
     phi = FEATURE_MAPS.get(st.feature_map)
     fq, fk = phi(q), phi(k)
+    m = _check_key_mask(key_mask, k)
+    if m is not None:  # padded keys: no features, no values (whatever the padding holds)
+        fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
     n = q.shape[-2]
     outs = []
-    for lo in range(0, n, chunk_size):
-        cq, ck, cv = (t[..., lo:lo + chunk_size, :] for t in (fq, fk, v))
+    # split, not sliced: one backward node for all chunks (a slice's backward fills a tensor of
+    # the whole sequence, which would make the backward quadratic in n)
+    for cq, ck, cv in zip(*(t.split(chunk_size, dim=-2) for t in (fq, fk, v))):
         m = cq.shape[-2]
         a = torch.matmul(cq, ck.transpose(-1, -2))
         a = a * torch.ones(m, m, dtype=torch.bool, device=a.device).tril()
@@ -210,7 +250,7 @@ def linear_attention_recurrent(
         if st.s is not None:
             num = num + torch.matmul(cq, st.s)
             den = den + (cq * st.z[..., None, :]).sum(-1, keepdim=True)
-        outs.append(num / (den + st.eps))
+        outs.append(_divide(num, den + st.eps))
         st.update(ck, cv)
     out = torch.cat(outs, dim=-2) if outs else v.new_zeros(v.shape)
     return out, st
@@ -269,27 +309,37 @@ class LinearAttention(nn.Module):
         b, n, _ = t.shape
         return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
-    def forward(self, x: Tensor, state: LinearAttentionState | None = None, use_cache: bool = False
-                ) -> tuple[Tensor, LinearAttentionState | None]:
+    def forward(self, x: Tensor, state: LinearAttentionState | None = None, use_cache: bool = False,
+                mask: Tensor | None = None) -> tuple[Tensor, LinearAttentionState | None]:
         """``x`` ``(batch, seq, hidden)`` → ``(y, new_state)``; ``state`` is not modified.
 
         The new state is returned when ``use_cache`` is set or a ``state`` was given (causal
-        only); feeding a sequence in pieces with the state equals feeding it whole.
+        only); feeding a sequence in pieces with the state equals feeding it whole. ``mask``
+        ``(batch, seq)`` bool marks real tokens: padded ones are invisible as keys (and leave the
+        state unchanged).
         """
         if x.dim() != 3 or x.shape[-1] != self.hidden_size:
             raise ValueError(f"x must be (batch, seq, {self.hidden_size}), got {tuple(x.shape)}")
+        if mask is not None and (not isinstance(mask, Tensor) or mask.dtype != torch.bool
+                                 or tuple(mask.shape) != tuple(x.shape[:2])):
+            raise ValueError(f"mask must be a bool tensor of shape {tuple(x.shape[:2])} (True = "
+                             f"real token), got {getattr(mask, 'dtype', None)} "
+                             f"{tuple(getattr(mask, 'shape', ()))}")
+        key_mask = None if mask is None else mask[:, None, :]
         q, k, v = (self._heads(p(x)) for p in (self.q_proj, self.k_proj, self.v_proj))
         new_state = None
         if not self.causal:
             if state is not None or use_cache:
                 raise ValueError("a bidirectional LinearAttention has no decoding state; "
                                  "use causal=True for state / use_cache")
-            o = linear_attention(q, k, v, causal=False, feature_map=self.feature_map, eps=self.eps)
+            o = linear_attention(q, k, v, causal=False, feature_map=self.feature_map, eps=self.eps,
+                                 key_mask=key_mask)
         else:
             if state is not None and state.s is not None and state.s.shape[0] != x.shape[0]:
                 raise ValueError(f"state has batch size {state.s.shape[0]}, x has {x.shape[0]}")
             o, st = linear_attention_recurrent(q, k, v, state, feature_map=self.feature_map,
-                                               eps=self.eps, chunk_size=self.chunk_size)
+                                               eps=self.eps, chunk_size=self.chunk_size,
+                                               key_mask=key_mask)
             new_state = st if (use_cache or state is not None) else None
         y = self.o_proj(o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1))
         return y, new_state

@@ -44,21 +44,22 @@ gradients reach the codebook) and stops the gradient of its value statistics lik
 Transformer-XL memory, unless ``grad_through_cache=True`` (official ``GRAD_THRU_CACHE``).
 
 Sequences whose length is not a multiple of ``ℓ`` are padded (padded keys masked, padded
-queries dropped). :class:`VQAttentionState` carries counts, means and the raw keys / codes /
-values of the current and previous block between calls: feeding a sequence in pieces (any
-sizes, including single tokens) equals feeding it whole.
+queries dropped). ``key_mask`` marks padding tokens of a ragged batch: they keep their place in
+the block grid but are never attended to or counted, and a query that sees no key returns zeros.
+:class:`~formerlab.attention.vq_cache.VQAttentionState` carries counts, means and the raw keys /
+codes / values of the current and previous block between calls: feeding a sequence in pieces
+(any sizes, including single tokens) equals feeding it whole.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..nn.state import RecurrentState
+from .vq_cache import DEFAULT_BLOCK_LEN, VQAttentionState, _code_stats, _compute_dtype, _log_counts
 
 __all__ = [
     "VQAttentionState",
@@ -69,7 +70,6 @@ __all__ = [
     "vq_straight_through",
 ]
 
-DEFAULT_BLOCK_LEN = 512  # the paper's block length
 _GROUP_ELEMENTS = 1 << 20  # logits computed at once by the block form (bounds its temporaries)
 
 
@@ -116,13 +116,6 @@ def vq_commitment_loss(k: Tensor, codebook: Tensor, codes: Tensor, mask: Tensor 
         raise TypeError(f"mask must be a bool tensor (True = real token), got {mask.dtype}")
     m = mask.expand_as(err)
     return (err * m).sum() / m.sum().clamp_min(1)
-
-
-def _compute_dtype(*ts: Tensor) -> torch.dtype:
-    dt = torch.float32
-    for t in ts:
-        dt = torch.promote_types(dt, t.dtype)
-    return torch.float64 if dt == torch.float64 else torch.float32
 
 
 def _check_qkv(q: Tensor, k_hat: Tensor, v: Tensor, causal: bool) -> None:
@@ -174,26 +167,6 @@ def _check_bias(bias: Tensor | None, block_len: int, nq: int) -> Tensor | None:
     return bias
 
 
-def _code_stats(codes: Tensor, v: Tensor, size: int, valid: Tensor | None = None
-                ) -> tuple[Tensor, Tensor]:
-    """Per-code counts ``(…, S)`` and value sums ``(…, S, d_v)`` of tokens ``(…, m)`` /
-    ``(…, m, d_v)`` (``valid`` masks tokens out), by scatter-add: ``O(m·d_v)``, no one-hot."""
-    idx = codes.long()
-    ones = torch.ones(idx.shape, dtype=v.dtype, device=v.device)
-    if valid is not None:
-        ones = ones * valid.to(v.dtype)
-        v = v * valid[..., None].to(v.dtype)
-    counts = torch.zeros(*idx.shape[:-1], size, dtype=v.dtype, device=v.device)
-    counts = counts.scatter_add(-1, idx, ones)
-    sums = torch.zeros(*v.shape[:-2], size, v.shape[-1], dtype=v.dtype, device=v.device)
-    sums = sums.scatter_add(-2, idx[..., None].expand(*idx.shape, v.shape[-1]), v)
-    return counts, sums
-
-
-def _log_counts(counts: Tensor) -> Tensor:
-    return torch.where(counts > 0, torch.log(counts.clamp_min(1)), float("-inf"))
-
-
 def _joint_softmax(wl: Tensor, vwin: Tensor, cl: Tensor, means: Tensor) -> Tensor:
     """``Σ p_w v_w + Σ p_s Ū_s`` with ``p = softmax([wl ; cl])`` (one max, one normaliser).
 
@@ -206,13 +179,27 @@ def _joint_softmax(wl: Tensor, vwin: Tensor, cl: Tensor, means: Tensor) -> Tenso
     pc = cl.sub_(m).exp() if grad else cl.sub_(m).exp_()
     den = pw.sum(-1, keepdim=True) + pc.sum(-1, keepdim=True)
     out = torch.matmul(pw, vwin) + torch.matmul(pc, means)
-    return out.div_(den)
+    return out.div_(den.clamp_min(torch.finfo(den.dtype).tiny))  # no visible key: zeros
+
+
+def _check_key_mask(key_mask: Tensor | None, codes: Tensor) -> Tensor | None:
+    """``key_mask`` expanded to the shape of ``codes`` (``None`` passes through)."""
+    if key_mask is None:
+        return None
+    if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
+        raise TypeError(f"key_mask must be a bool tensor (True = real key), got "
+                        f"{getattr(key_mask, 'dtype', type(key_mask).__name__)}")
+    try:
+        return key_mask.expand(codes.shape)
+    except RuntimeError as exc:
+        raise ValueError(f"key_mask of shape {tuple(key_mask.shape)} does not broadcast to the "
+                         f"codes' {tuple(codes.shape)} (…, n)") from exc
 
 
 # --- reference -----------------------------------------------------------------------------------
 def vq_attention_reference(q: Tensor, k_hat: Tensor, v: Tensor, causal: bool = True,
-                           block_len: int | None = None, window_bias: Tensor | None = None
-                           ) -> Tensor:
+                           block_len: int | None = None, window_bias: Tensor | None = None,
+                           key_mask: Tensor | None = None) -> Tensor:
     """Quadratic ``softmax(Q K̂ᵀ + M + B) V``: the oracle of every other form.
 
     Args:
@@ -221,6 +208,8 @@ def vq_attention_reference(q: Tensor, k_hat: Tensor, v: Tensor, causal: bool = T
         block_len: ``ℓ``; needed with ``window_bias`` (which keys get a bias).
         window_bias: ``(2ℓ,)``, ``(…, 1, 2ℓ)`` or ``(…, n, 2ℓ)``: ``B_ij = bias[…, i, i − j]`` iff
             ``j ≤ i`` and ``block(j) ≥ block(i) − 1`` (absolute blocks from position 0), else 0.
+        key_mask: Bool ``(…, n)`` (broadcastable), ``False`` = padded key (never attended to;
+            a query with no visible key gets NaN here, zeros in the fast forms).
     """
     _check_qkv(q, k_hat, v, causal)
     logits = torch.matmul(q, k_hat.transpose(-1, -2))
@@ -242,121 +231,9 @@ def vq_attention_reference(q: Tensor, k_hat: Tensor, v: Tensor, causal: bool = T
         logits = logits + torch.gather(full, -1, idx).masked_fill(~near, 0.0)
     if causal:
         logits = logits.masked_fill(j > i, float("-inf"))
+    if key_mask is not None:
+        logits = logits.masked_fill(~key_mask[..., None, :], float("-inf"))
     return torch.matmul(torch.softmax(logits, dim=-1), v)
-
-
-# --- state ---------------------------------------------------------------------------------------
-@dataclasses.dataclass
-class VQAttentionState(RecurrentState):
-    """Transformer-VQ decoding state (the stable log-count cache plus the local window).
-
-    ``counts`` ``(…, S)`` and ``means`` ``(…, S, d_v)`` summarise every token before the
-    previous block; ``keys`` ``(…, w, d)``, ``codes`` ``(…, w)``, ``values`` ``(…, w, d_v)`` hold
-    the ``w < 2ℓ`` most recent tokens (the previous block and the current partial one).
-    ``length`` counts all tokens.
-
-    ``crop(n)`` is exact and cheap back to ``ℓ·⌊length/ℓ⌋``, the start of the block the next
-    token falls in (any ``n`` while ``length < 2ℓ``): the window still holds every token the
-    shorter state keeps raw. Further back, tokens the shorter state needs raw (they get the window
-    bias) are already folded into the statistics, and it raises ``NotImplementedError``.
-    """
-
-    block_len: int = DEFAULT_BLOCK_LEN
-    counts: Tensor | None = None
-    means: Tensor | None = None
-    keys: Tensor | None = None
-    codes: Tensor | None = None
-    values: Tensor | None = None
-    length: int = 0
-    _batch_fields = ("counts", "means", "keys", "codes", "values")
-
-    @property
-    def window(self) -> int:
-        """Tokens held raw (``length`` minus the folded ones)."""
-        return 0 if self.keys is None else self.keys.shape[-2]
-
-    def _empty(self, k_hat: Tensor, v: Tensor, num_codes: int, dtype: torch.dtype) -> None:
-        lead = k_hat.shape[:-2]
-        kw = {"dtype": dtype, "device": k_hat.device}
-        self.counts = torch.zeros(*lead, num_codes, **kw)
-        self.means = torch.zeros(*lead, num_codes, v.shape[-1], **kw)
-        self.keys = k_hat.new_zeros(*lead, 0, k_hat.shape[-1]).to(dtype)
-        self.codes = torch.zeros(*lead, 0, dtype=torch.long, device=k_hat.device)
-        self.values = v.new_zeros(*lead, 0, v.shape[-1]).to(dtype)
-
-    def update(self, k_hat: Tensor, codes: Tensor, v: Tensor, *, num_codes: int | None = None,
-               grad_through_cache: bool = False) -> VQAttentionState:
-        """Append tokens ``(…, m, d)`` / ``(…, m)`` / ``(…, m, d_v)`` in place; blocks that leave
-        the window are folded into the counts and means.
-
-        Args:
-            num_codes: ``S`` (needed for the first update of an empty state).
-            grad_through_cache: Keep the autograd history of the folded value statistics.
-        """
-        if self.counts is None:
-            if num_codes is None:
-                raise ValueError("the first update of an empty VQAttentionState needs num_codes")
-            self._empty(k_hat, v, num_codes, _compute_dtype(k_hat, v))
-        self._check_tokens(k_hat, codes, v)
-        keys = torch.cat([self.keys, k_hat.to(self.keys.dtype)], dim=-2)
-        vals = torch.cat([self.values, v.to(self.values.dtype)], dim=-2)
-        cds = torch.cat([self.codes, codes.long()], dim=-1)
-        total = self.length + k_hat.shape[-2]
-        start = self.length - self.window  # first token of the window
-        keep_from = max(0, (total // self.block_len - 1) * self.block_len)
-        fold = keep_from - start
-        if fold > 0:
-            self.counts, self.means = _fold(self.counts, self.means, cds[..., :fold],
-                                            vals[..., :fold, :], grad_through_cache)
-            keys, vals, cds = keys[..., fold:, :], vals[..., fold:, :], cds[..., fold:]
-        self.keys, self.values, self.codes, self.length = keys, vals, cds, total
-        return self
-
-    def _check_tokens(self, k_hat: Tensor, codes: Tensor, v: Tensor) -> None:
-        lead = tuple(self.keys.shape[:-2])
-        ok = (tuple(k_hat.shape[:-2]) == lead and k_hat.shape[-1] == self.keys.shape[-1]
-              and tuple(v.shape[:-1]) == tuple(k_hat.shape[:-1])
-              and v.shape[-1] == self.values.shape[-1] and codes.shape == k_hat.shape[:-1])
-        if not ok:
-            raise ValueError(
-                f"state holds keys (…={lead}, d={self.keys.shape[-1]}) and values "
-                f"(d_v={self.values.shape[-1]}); got k_hat {tuple(k_hat.shape)}, codes "
-                f"{tuple(codes.shape)}, v {tuple(v.shape)}")
-
-    def crop(self, n: int) -> VQAttentionState:
-        """Drop back to the first ``n`` tokens while that stays exact (see the class doc)."""
-        target = self._check_crop(n)
-        folded = self.length - self.window
-        needed = max(0, (target // self.block_len - 1) * self.block_len)  # raw from here on
-        if needed != folded:
-            raise NotImplementedError(
-                f"crop to {target} tokens is not supported: the first {folded} tokens are folded "
-                f"into the code cache, but {target} tokens need tokens {needed}… raw in the "
-                f"window (crop works back to {max(folded, self._block_start())} only); keep "
-                "state.clone() from that point or re-run the prefix")
-        keep = target - folded
-        if self.keys is not None:
-            self.keys, self.values = self.keys[..., :keep, :], self.values[..., :keep, :]
-            self.codes = self.codes[..., :keep]
-        self.length = target
-        return self
-
-    def _block_start(self) -> int:
-        """Earliest length a crop can return to: the start of the current block (or 0)."""
-        if self.length < 2 * self.block_len:
-            return 0
-        return (self.length // self.block_len) * self.block_len
-
-
-def _fold(counts: Tensor, means: Tensor, codes: Tensor, v: Tensor, grad_through_cache: bool
-          ) -> tuple[Tensor, Tensor]:
-    """Fold tokens into the cache: ``Ū ← (Ū·L + Σ v)/(L + n)``, ``L ← L + n`` per code."""
-    add, sums = _code_stats(codes, v.to(means.dtype), counts.shape[-1])
-    new_counts = counts + add
-    new_means = (means * counts[..., None] + sums) / new_counts.clamp_min(1)[..., None]
-    if not grad_through_cache:
-        new_means = new_means.detach()
-    return new_counts, new_means
 
 
 def _check_state(state: VQAttentionState, q: Tensor, v: Tensor, codebook: Tensor,
@@ -377,11 +254,14 @@ def _check_state(state: VQAttentionState, q: Tensor, v: Tensor, codebook: Tensor
 
 
 # --- forms ---------------------------------------------------------------------------------------
-def _bidirectional(q: Tensor, codes: Tensor, v: Tensor, codebook: Tensor) -> Tensor:
-    counts, sums = _code_stats(codes, v, codebook.shape[-2])
+def _bidirectional(q: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
+                   valid: Tensor | None) -> Tensor:
+    counts, sums = _code_stats(codes, v, codebook.shape[-2], valid)
     means = sums / counts.clamp_min(1)[..., None]
     logits = torch.matmul(q, codebook.transpose(-1, -2)) + _log_counts(counts)[..., None, :]
-    return torch.matmul(torch.softmax(logits, dim=-1), means)
+    seen = counts.sum(-1, keepdim=True)[..., None] > 0  # (…, 1, 1): some key is real
+    out = torch.matmul(torch.softmax(torch.where(seen, logits, 0.0), dim=-1), means)
+    return torch.where(seen, out, 0.0)
 
 
 def _window_index(block_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -391,13 +271,6 @@ def _window_index(block_len: int, device: torch.device) -> tuple[Tensor, Tensor]
     w = torch.arange(2 * block_len, device=device)[None, :]
     r = a + block_len - w
     return r.clamp_min(0), r >= 0
-
-
-def _previous_blocks(x: Tensor, t0: int, t1: int) -> Tensor:
-    """Blocks ``t0 − 1 … t1 − 2`` of ``x`` ``(…, T, ℓ, ·)``, zeros standing in for block −1."""
-    if t0 > 0:
-        return x[..., t0 - 1:t1 - 1, :, :]
-    return torch.cat([torch.zeros_like(x[..., :1, :, :]), x[..., :t1 - 1, :, :]], dim=-3)
 
 
 def _mask_window(wl: Tensor, future: Tensor, first: int, blocks: int, pad: int) -> None:
@@ -412,13 +285,14 @@ def _mask_window(wl: Tensor, future: Tensor, first: int, blocks: int, pad: int) 
 
 
 def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor, block_len: int,
-            bias: Tensor | None, counts0: Tensor, means0: Tensor, grad_through_cache: bool
-            ) -> Tensor:
+            bias: Tensor | None, counts0: Tensor, means0: Tensor, grad_through_cache: bool,
+            key_valid: Tensor | None = None) -> Tensor:
     """Block form over a token stream that starts at a block boundary.
 
     ``counts0``/``means0`` summarise everything before the stream; every block of the stream
     attends to itself, its predecessor in the stream and the cache of the stream's blocks two or
-    more back. ``bias`` is ``(…, 1|N, 2ℓ)`` aligned with the stream (or ``None``).
+    more back. ``bias`` is ``(…, 1|N, 2ℓ)`` aligned with the stream (or ``None``);
+    ``key_valid`` ``(…, N)`` marks the stream's real tokens (``None``: all).
     """
     *lead, n, _d = keys.shape
     ell, size = block_len, codebook.shape[-2]
@@ -433,8 +307,10 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
 
     qb, kb, vb = blocked(q), blocked(keys), blocked(v)
     valid = (torch.arange(nb * ell, device=q.device) < n).reshape(nb, ell)
+    if key_valid is not None:
+        valid = F.pad(key_valid, (0, pad), value=False).reshape(*key_valid.shape[:-1], nb, ell)
     cb = F.pad(codes, (0, pad)).reshape(*lead, nb, ell) if pad else codes.reshape(*lead, nb, ell)
-    cb_t = codebook.transpose(-1, -2)[..., None, :, :] if codebook.dim() > 2 else codebook.T
+    cb_t = codebook.transpose(-1, -2)  # (…, d, S)
     rel, causal = _window_index(ell, q.device)
     future = ~causal[:, ell:]  # (ℓ, ℓ): keys after the query in its own block
     if bias is not None and bias.shape[-2] == 1:  # by distance only: (…, 1, ℓ, 2ℓ)
@@ -446,25 +322,41 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
     counts, sums = counts0, means0 * counts0[..., None]
     # groups of blocks keep the ℓ × (2ℓ + S) logits of a group within _GROUP_ELEMENTS
     group = max(1, _GROUP_ELEMENTS // (max(1, math.prod(lead)) * ell * (2 * ell + size)))
+    # per-group pieces by split / unbind, not slicing: one backward node each (the backward of a
+    # slice fills a tensor of the whole stream, quadratic over many groups)
+    previous = [torch.cat([torch.zeros_like(t[..., :1, :, :]), t[..., :-1, :, :]], dim=-3)
+                for t in (kb, vb)]  # block t − 1 beside block t; zeros before the first
+    pieces = [t.split(group, dim=-3) for t in (qb, kb, vb, *previous)]
+    if bias is not None and bias.shape[-3] != 1:
+        bias_groups = bias.split(group, dim=-3)
+    v_blocks, c_blocks = vb.unbind(-3), cb.unbind(-2)
     outs = []
-    for t0 in range(0, nb, group):
-        t1 = min(nb, t0 + group)
+    for gi, (qg, kg, vg, kp, vp) in enumerate(zip(*pieces)):
+        t0 = gi * group
+        t1 = t0 + qg.shape[-3]
         cache_counts, cache_means = [], []
         for t in range(t0, t1):
             if t >= 2:  # block t − 2 leaves the window and enters the cache
-                c, u = _code_stats(cb[..., t - 2, :], vb[..., t - 2, :, :], size, valid[t - 2])
+                c, u = _code_stats(c_blocks[t - 2], v_blocks[t - 2], size, valid[..., t - 2, :])
                 counts, sums = counts + c, sums + (u if grad_through_cache else u.detach())
             cache_counts.append(counts)
             cache_means.append(sums / counts.clamp_min(1)[..., None])
-        qg = qb[..., t0:t1, :, :]
-        kwin = torch.cat([_previous_blocks(kb, t0, t1), kb[..., t0:t1, :, :]], dim=-2)
-        vwin = torch.cat([_previous_blocks(vb, t0, t1), vb[..., t0:t1, :, :]], dim=-2)
+        kwin = torch.cat([kp, kg], dim=-2)
+        vwin = torch.cat([vp, vg], dim=-2)
         wl = torch.matmul(qg, kwin.transpose(-1, -2))  # (…, G, ℓ, 2ℓ)
         if bias is not None:
-            wl = wl + (bias if bias.shape[-3] == 1 else bias[..., t0:t1, :, :])
+            wl = wl + (bias if bias.shape[-3] == 1 else bias_groups[gi])
         _mask_window(wl, future, t0, nb, pad)
+        if key_valid is not None:  # padding tokens of a ragged batch
+            prev = (valid[..., t0 - 1:t1 - 1, :] if t0 > 0 else
+                    F.pad(valid[..., :t1 - 1, :], (0, 0, 1, 0), value=False))
+            seen = torch.cat([prev, valid[..., t0:t1, :]], dim=-1)  # (…, G, 2ℓ)
+            wl.masked_fill_(~seen[..., None, :], float("-inf"))
         log_counts = _log_counts(torch.stack(cache_counts, dim=-2))[..., None, :]
-        cl = torch.matmul(qg, cb_t).add_(log_counts)  # (…, G, ℓ, S)
+        # the group's queries as one (G·ℓ)-row matrix: a per-head codebook is broadcast once,
+        # not copied for every block
+        cl = torch.matmul(qg.flatten(-3, -2), cb_t).view(*qg.shape[:-1], size)
+        cl = cl.add_(log_counts)  # (…, G, ℓ, S)
         outs.append(_joint_softmax(wl, vwin, cl, torch.stack(cache_means, dim=-3)))
     out = torch.cat(outs, dim=-3) if len(outs) > 1 else outs[0]
     return out.reshape(*out.shape[:-3], nb * ell, out.shape[-1])[..., :n, :]
@@ -473,8 +365,8 @@ def _blocks(q: Tensor, keys: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
 def vq_attention(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
                  causal: bool = True, block_len: int | None = None,
                  window_bias: Tensor | None = None, cache: VQAttentionState | None = None,
-                 grad_through_cache: bool = False, use_cache: bool = False
-                 ) -> tuple[Tensor, VQAttentionState | None]:
+                 grad_through_cache: bool = False, use_cache: bool = False,
+                 key_mask: Tensor | None = None) -> tuple[Tensor, VQAttentionState | None]:
     """Transformer-VQ attention in linear time (block form; bidirectional form).
 
     Args:
@@ -490,17 +382,21 @@ def vq_attention(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebook: T
         cache: Continue after the tokens summarised in this state (not modified).
         grad_through_cache: Let gradients flow through the cache's value statistics.
         use_cache: Return the state after these tokens (also returned when ``cache`` is given).
+        key_mask: Bool ``(…, n)`` (broadcastable), ``False`` = padding: such tokens keep their
+            place in the block grid but are never attended to, counted or cached as real; a
+            query that sees no key returns zeros. Earlier padding is remembered by the cache.
 
     Returns:
         ``(out (…, n, d_v), new_cache)``; ``new_cache`` is ``None`` unless requested.
     """
     _check_qkv(q, k_hat, v, causal)
     _check_codes(codes, k_hat, codebook)
+    key_mask = _check_key_mask(key_mask, codes)
     dt = _compute_dtype(q, k_hat, v, codebook)
     if not causal:
         if window_bias is not None or cache is not None or use_cache:
             raise ValueError("the bidirectional form takes no window_bias and no cache")
-        out = _bidirectional(q.to(dt), codes, v.to(dt), codebook.to(dt))
+        out = _bidirectional(q.to(dt), codes, v.to(dt), codebook.to(dt), key_mask)
         return out.to(q.dtype), None
     if cache is not None:
         _check_state(cache, q, v, codebook, block_len)
@@ -513,9 +409,10 @@ def vq_attention(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebook: T
         state._empty(k_hat, v, codebook.shape[-2], dt)
     state.counts, state.means = state.counts.to(dt), state.means.to(dt)
     state.keys, state.values = state.keys.to(dt), state.values.to(dt)
+    seen = state._joined_valid(key_mask, codes)  # window + new tokens, None if all real
     if q.shape[-2] == 1 and state.length > 0:
         out = _step(q.to(dt), k_hat.to(dt), v.to(dt), codebook.to(dt), state,
-                    None if bias is None else bias.to(dt))
+                    None if bias is None else bias.to(dt), seen)
     else:
         w = state.window
         qs = F.pad(q.to(dt), (0, 0, w, 0))  # the window's queries are not needed: zeros
@@ -525,30 +422,34 @@ def vq_attention(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebook: T
         if bias is not None:
             bias = bias.to(dt) if bias.shape[-2] == 1 else F.pad(bias.to(dt), (0, 0, w, 0))
         out = _blocks(qs, keys, cds, vals, codebook.to(dt), block_len, bias, state.counts,
-                      state.means, grad_through_cache)[..., w:, :]
+                      state.means, grad_through_cache, seen)[..., w:, :]
     new_cache = None
     if use_cache or cache is not None:
-        new_cache = state.update(k_hat, codes, v, grad_through_cache=grad_through_cache)
+        new_cache = state.update(k_hat, codes, v, grad_through_cache=grad_through_cache,
+                                 valid=key_mask)
     return out.to(q.dtype), new_cache
 
 
 def _step(q: Tensor, k_hat: Tensor, v: Tensor, codebook: Tensor, state: VQAttentionState,
-          bias: Tensor | None) -> Tensor:
-    """One query ``(…, 1, d)`` against the window (plus itself) and the code cache."""
+          bias: Tensor | None, seen: Tensor | None) -> Tensor:
+    """One query ``(…, 1, d)`` against the window (plus itself) and the code cache; ``seen``
+    ``(…, w + 1)`` marks the real tokens among them."""
     kwin = torch.cat([state.keys, k_hat], dim=-2)  # (…, w + 1, d)
     vwin = torch.cat([state.values, v], dim=-2)
     wl = torch.matmul(q, kwin.transpose(-1, -2))  # (…, 1, w + 1)
     if bias is not None:
         r = torch.arange(state.window, -1, -1, device=q.device)  # distances of the window keys
         wl = wl + bias[..., r]
+    if seen is not None:
+        wl = wl.masked_fill(~seen[..., None, :], float("-inf"))
     cl = torch.matmul(q, codebook.transpose(-1, -2)).add_(_log_counts(state.counts)[..., None, :])
     return _joint_softmax(wl, vwin, cl, state.means)
 
 
 def vq_attention_step(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebook: Tensor,
                       cache: VQAttentionState | None = None, *, block_len: int | None = None,
-                      window_bias: Tensor | None = None, grad_through_cache: bool = False
-                      ) -> tuple[Tensor, VQAttentionState]:
+                      window_bias: Tensor | None = None, grad_through_cache: bool = False,
+                      key_mask: Tensor | None = None) -> tuple[Tensor, VQAttentionState]:
     """The RNN form: one token, ``O(ℓ + S)`` whatever the position.
 
     Args:
@@ -557,6 +458,7 @@ def vq_attention_step(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebo
         block_len: ``ℓ`` of a new state (default 512); must match the cache's if both given.
         window_bias: ``(2ℓ,)`` or ``(…, 2ℓ)``: bias of this query by relative distance.
         grad_through_cache: As :func:`vq_attention`.
+        key_mask: Bool ``(…)``: ``False`` marks this token as padding.
 
     Returns:
         ``(o (…, d_v), new_cache)``.
@@ -566,5 +468,6 @@ def vq_attention_step(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebo
     out, state = vq_attention(q[..., None, :], k_hat[..., None, :], codes[..., None],
                               v[..., None, :], codebook, block_len=block_len,
                               window_bias=window_bias, cache=cache,
-                              grad_through_cache=grad_through_cache, use_cache=True)
+                              grad_through_cache=grad_through_cache, use_cache=True,
+                              key_mask=None if key_mask is None else key_mask[..., None])
     return out[..., 0, :], state

@@ -42,6 +42,7 @@ class LinePlot:
         logx: Logarithmic x axis (base 2).
         vline: A dashed vertical line (e.g. the training length).
         caption: Shown under the figure in the report.
+        logy: Logarithmic y axis (with ``logx``: a log-log plot, slopes read as exponents).
     """
 
     name: str
@@ -52,6 +53,7 @@ class LinePlot:
     logx: bool = False
     vline: float | None = None
     caption: str = ""
+    logy: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -113,6 +115,8 @@ def render(plots: Sequence[LinePlot], out_dir: Path) -> list[Path]:
                 ax.fill_between(s.x, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
         if plot.logx:
             ax.set_xscale("log", base=2)
+        if plot.logy:
+            ax.set_yscale("log")
         if plot.vline is not None:
             ax.axvline(plot.vline, color="grey", ls="--", lw=1)
         ax.set_title(plot.title)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..losses.lm import causal_lm_loss
 from .config import ModelConfig
 from .formats import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
+from .mixers import auxiliary_loss
 from .outputs import CausalLMOutput
 from .transformer import TransformerModel
 
@@ -48,7 +49,9 @@ class CausalLM(TransformerModel):
     past_key_values=None, use_cache=False, output_hidden_states=False,
     output_attentions=False, inputs_embeds=None, token_type_ids=None)`` returns a
     :class:`~formerlab.models.CausalLMOutput`. ``labels`` are shifted inside (as in Hugging
-    Face); ``-100`` is ignored. ``attention_mask`` is either Hugging Face's ``(B, past + n)``
+    Face); ``-100`` is ignored; in training mode ``loss`` also holds the mixers' auxiliary
+    losses (:func:`~formerlab.models.auxiliary_loss`, e.g. Transformer-VQ's commitment loss).
+    ``attention_mask`` is either Hugging Face's ``(B, past + n)``
     padding mask (1 keep, 0 pad; position ids then count real tokens, so left padding works) or
     an explicit boolean ``(B|1, H|1, n, past + n)`` mask (``True`` = may attend), e.g. a
     UniLM/prefix mask. ``past_key_values`` is the :class:`~formerlab.models.Cache` returned with
@@ -99,6 +102,9 @@ class CausalLM(TransformerModel):
                 raise ValueError(f"labels must be (batch, seq) = {tuple(logits.shape[:2])} like "
                                  f"the input, got {tuple(labels.shape)}")
             loss = causal_lm_loss(logits, labels)
+            aux = auxiliary_loss(self) if self.training else None
+            if aux is not None:  # e.g. Transformer-VQ's commitment loss
+                loss = loss + aux
         return CausalLMOutput(
             loss=loss,
             logits=logits,

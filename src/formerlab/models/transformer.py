@@ -101,8 +101,13 @@ class TransformerModel(nn.Module):
         """Hook: subclasses add their output heads here (before initialisation)."""
 
     def reset_parameters(self, generator: torch.Generator | None = None) -> None:
-        """Initialise every weight with the config's scheme (:data:`formerlab.nn.INIT_SCHEMES`)."""
+        """Initialise every weight with the config's scheme (:data:`formerlab.nn.INIT_SCHEMES`),
+        then what only a mixer knows (its ``init_mixer_(generator)``: LRU rings, VQ codebooks)."""
         INIT_SCHEMES.get(self.config.init)(self, self.config, generator)
+        for layer in self.layers:
+            init_mixer = getattr(layer.mixer, "init_mixer_", None)
+            if init_mixer is not None:
+                init_mixer(generator)
         if self.embed_tokens.padding_idx is not None:
             with torch.no_grad():
                 self.embed_tokens.weight[self.embed_tokens.padding_idx].zero_()

@@ -96,7 +96,13 @@ class LRUState(RecurrentState):
 
     hidden: Tensor | None = None
     length: int = 0
+    owner: str = "lru"
     _batch_fields = ("hidden",)
+
+    @property
+    def min_crop_length(self) -> int:
+        """The shortest length :meth:`crop` can return to: the current one (no history)."""
+        return self.length
 
     def update(self, hidden: Tensor, num_tokens: int = 1) -> LRUState:
         """Replace the hidden vector by ``hidden`` after ``num_tokens`` more tokens, in place."""
@@ -121,6 +127,7 @@ class _DiagonalRecurrence(nn.Module):
     """Shared machinery: validation, scan dispatch, state handling, decoding step."""
 
     complex_state: bool = True
+    state_owner: str = "lru"  # the ``owner`` of the states this layer creates
 
     def __init__(self, d_model: int, d_state: int, r_min: float, r_max: float, max_phase: float,
                  scan: str, normalize: bool, chunk_size: int | None) -> None:
@@ -178,29 +185,48 @@ class _DiagonalRecurrence(nn.Module):
                              f"{state.hidden.dtype}")
         return state.hidden.to(device=device, dtype=self._state_dtype(real))
 
+    def _check_mask(self, mask: Tensor | None, shape: tuple[int, ...]) -> Tensor | None:
+        if mask is None:
+            return None
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or tuple(mask.shape) != shape:
+            got = (f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, Tensor)
+                   else type(mask).__name__)
+            raise ValueError(f"mask must be a bool tensor of shape {shape} (True = real token), "
+                             f"got {got}")
+        return mask
+
     def init_state(self, batch_size: int, *, dtype: torch.dtype | None = None) -> LRUState:
         """A zero state for ``batch_size`` sequences (``dtype`` of the inputs to come)."""
         real = _compute_dtype(dtype or self.D.dtype, self.D.dtype)
         hidden = torch.zeros(batch_size, self.d_state, dtype=self._state_dtype(real),
                              device=self.D.device)
-        return LRUState(hidden=hidden, length=0)
+        return LRUState(hidden=hidden, length=0, owner=self.state_owner)
 
-    def hidden_states(self, u: Tensor, initial: Tensor | None = None) -> Tensor:
+    def hidden_states(self, u: Tensor, initial: Tensor | None = None,
+                      mask: Tensor | None = None) -> Tensor:
         """All hidden states ``x_t`` ``(batch, seq, d_state)`` (complex for LRU).
 
         Args:
             u: ``(batch, seq, d_model)``.
             initial: ``x_{−1}`` ``(batch, d_state)`` (default zeros).
+            mask: ``(batch, seq)`` bool, ``False`` at padding: there the state is carried over
+                unchanged (``a_t = 1``, ``b_t = 0``), so padding anywhere leaves every real
+                token's state as if the padding were absent.
         """
         self._check_input(u, "u", 3)
+        mask = self._check_mask(mask, tuple(u.shape[:2]))
         real = self._real_dtype(u)
         lam = self.eigenvalues(real)
         bu = self._inputs(u.to(real), real)
+        if mask is not None:
+            keep = mask[..., None]
+            bu = bu.masked_fill(~keep, 0.0)
+            lam = torch.where(keep, lam, torch.ones((), dtype=lam.dtype, device=lam.device))
         options = {"chunk_size": self.chunk_size} if self.scan == "chunked" else {}
         return linear_scan(lam, bu, dim=1, method=self.scan, initial=initial, **options)
 
-    def forward(self, u: Tensor, state: LRUState | None = None, use_cache: bool = False
-                ) -> tuple[Tensor, LRUState | None]:
+    def forward(self, u: Tensor, state: LRUState | None = None, use_cache: bool = False,
+                mask: Tensor | None = None) -> tuple[Tensor, LRUState | None]:
         """Run over a whole sequence (or the next piece of one).
 
         Args:
@@ -208,6 +234,8 @@ class _DiagonalRecurrence(nn.Module):
             state: Continue from this state (not modified); ``None`` starts from zeros.
             use_cache: Return the state after the last token (also returned when ``state`` is
                 given).
+            mask: ``(batch, seq)`` bool, ``False`` = padding: the state passes padded positions
+                unchanged and their inputs count as zero (see :meth:`hidden_states`).
 
         Returns:
             ``(y, new_state)``: ``y`` ``(batch, seq, d_model)`` in ``u``'s dtype; ``new_state``
@@ -216,7 +244,9 @@ class _DiagonalRecurrence(nn.Module):
         self._check_input(u, "u", 3)
         real = self._real_dtype(u)
         h0 = self._initial(state, u.shape[0], real, u.device)
-        x = self.hidden_states(u, h0)
+        x = self.hidden_states(u, h0, mask)
+        if mask is not None:
+            u = u.masked_fill(~mask[..., None], 0.0)
         y = self._readout(x, u.to(real), real).to(u.dtype)
         if not (use_cache or state is not None):
             return y, None
@@ -227,27 +257,34 @@ class _DiagonalRecurrence(nn.Module):
         else:
             last = torch.zeros(u.shape[0], self.d_state, dtype=self._state_dtype(real),
                                device=u.device)
-        new = state.clone() if state is not None else LRUState()
+        new = state.clone() if state is not None else LRUState(owner=self.state_owner)
         return y, new.update(last, u.shape[1])
 
-    def step(self, u_t: Tensor, state: LRUState | None = None) -> tuple[Tensor, LRUState]:
+    def step(self, u_t: Tensor, state: LRUState | None = None, mask: Tensor | None = None
+             ) -> tuple[Tensor, LRUState]:
         """Decode one token: ``x_t = λ x_{t−1} + γ B u_t``, ``y_t = Re(C x_t) + D u_t``.
 
         Args:
             u_t: ``(batch, d_model)``.
             state: The state after the previous tokens (not modified); ``None`` = zeros.
+            mask: ``(batch,)`` bool; rows with ``False`` (padding) keep their state.
 
         Returns:
             ``(y_t, new_state)`` with ``y_t`` ``(batch, d_model)``.
         """
         self._check_input(u_t, "u_t", 2)
         real = self._real_dtype(u_t)
+        mask = self._check_mask(mask, tuple(u_t.shape[:1]))
         h0 = self._initial(state, u_t.shape[0], real, u_t.device)
         u = u_t.to(real)
+        if mask is not None:
+            u = u.masked_fill(~mask[:, None], 0.0)
         bu = self._inputs(u, real)
         x = bu if h0 is None else self.eigenvalues(real) * h0 + bu
+        if mask is not None:
+            x = torch.where(mask[:, None], x, torch.zeros_like(x) if h0 is None else h0)
         y = self._readout(x, u, real).to(u_t.dtype)
-        new = state.clone() if state is not None else LRUState()
+        new = state.clone() if state is not None else LRUState(owner=self.state_owner)
         return y, new.update(x, 1)
 
     def extra_repr(self) -> str:
@@ -283,18 +320,30 @@ class LRU(_DiagonalRecurrence):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__(d_model, d_state, r_min, r_max, max_phase, scan, normalize, chunk_size)
-        nu_log, theta_log, gamma_log = ring_init(d_state, r_min, r_max, max_phase,
-                                                 generator=generator)
         kw = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         h, n = d_model, d_state
-        self.nu_log = nn.Parameter(nu_log.to(**kw))
-        self.theta_log = nn.Parameter(theta_log.to(**kw))
-        self.register_parameter("gamma_log", nn.Parameter(gamma_log.to(**kw)) if normalize else None)
-        self.B_re = nn.Parameter(_normal((n, h), (2 * h) ** -0.5, generator).to(**kw))
-        self.B_im = nn.Parameter(_normal((n, h), (2 * h) ** -0.5, generator).to(**kw))
-        self.C_re = nn.Parameter(_normal((h, n), n ** -0.5, generator).to(**kw))
-        self.C_im = nn.Parameter(_normal((h, n), n ** -0.5, generator).to(**kw))
-        self.D = nn.Parameter(_normal((h,), 1.0, generator).to(**kw))
+        self.nu_log = nn.Parameter(torch.empty(n, **kw))
+        self.theta_log = nn.Parameter(torch.empty(n, **kw))
+        self.register_parameter("gamma_log", nn.Parameter(torch.empty(n, **kw)) if normalize else None)
+        for name, shape in (("B_re", (n, h)), ("B_im", (n, h)), ("C_re", (h, n)), ("C_im", (h, n))):
+            setattr(self, name, nn.Parameter(torch.empty(shape, **kw)))
+        self.D = nn.Parameter(torch.empty(h, **kw))
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Ring initialisation of ``λ`` and ``γ``; ``B``, ``C``, ``D`` as in minimal-LRU."""
+        h, n = self.d_model, self.d_state
+        nu_log, theta_log, gamma_log = ring_init(n, self.r_min, self.r_max, self.max_phase,
+                                                 generator=generator)
+        self.nu_log.copy_(nu_log)
+        self.theta_log.copy_(theta_log)
+        if self.gamma_log is not None:
+            self.gamma_log.copy_(gamma_log)
+        for name, shape, std in (("B_re", (n, h), (2 * h) ** -0.5), ("B_im", (n, h), (2 * h) ** -0.5),
+                                 ("C_re", (h, n), n ** -0.5), ("C_im", (h, n), n ** -0.5),
+                                 ("D", (h,), 1.0)):
+            getattr(self, name).copy_(_normal(shape, std, generator))
 
     def eigenvalues(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """``λ = exp(−exp(ν_log) + i·exp(θ_log))`` ``(d_state,)``, complex."""
@@ -320,6 +369,7 @@ class SLRU(_DiagonalRecurrence):
     """
 
     complex_state = False
+    state_owner = "slru"
 
     def __init__(self, d_model: int, d_state: int, r_min: float = 0.9, r_max: float = 0.999,
                  scan: str = "chunked", *, normalize: bool = True, chunk_size: int | None = None,
@@ -327,14 +377,26 @@ class SLRU(_DiagonalRecurrence):
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None
                  ) -> None:
         super().__init__(d_model, d_state, r_min, r_max, 0.0, scan, normalize, chunk_size)
-        nu_log, _, gamma_log = ring_init(d_state, r_min, r_max, 0.0, generator=generator)
         kw = {"device": device, "dtype": dtype or torch.get_default_dtype()}
         h, n = d_model, d_state
-        self.nu_log = nn.Parameter(nu_log.to(**kw))
-        self.register_parameter("gamma_log", nn.Parameter(gamma_log.to(**kw)) if normalize else None)
-        self.B = nn.Parameter(_normal((n, h), h ** -0.5, generator).to(**kw))
-        self.C = nn.Parameter(_normal((h, n), n ** -0.5, generator).to(**kw))
-        self.D = nn.Parameter(_normal((h,), 1.0, generator).to(**kw))
+        self.nu_log = nn.Parameter(torch.empty(n, **kw))
+        self.register_parameter("gamma_log", nn.Parameter(torch.empty(n, **kw)) if normalize else None)
+        self.B = nn.Parameter(torch.empty(n, h, **kw))
+        self.C = nn.Parameter(torch.empty(h, n, **kw))
+        self.D = nn.Parameter(torch.empty(h, **kw))
+        self.reset_parameters(generator)
+
+    @torch.no_grad()
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Ring initialisation of ``λ`` (real) and ``γ``; ``B``, ``C``, ``D`` Gaussian."""
+        h, n = self.d_model, self.d_state
+        nu_log, _, gamma_log = ring_init(n, self.r_min, self.r_max, 0.0, generator=generator)
+        self.nu_log.copy_(nu_log)
+        if self.gamma_log is not None:
+            self.gamma_log.copy_(gamma_log)
+        self.B.copy_(_normal((n, h), h ** -0.5, generator))
+        self.C.copy_(_normal((h, n), n ** -0.5, generator))
+        self.D.copy_(_normal((h,), 1.0, generator))
 
     def eigenvalues(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """``λ = exp(−exp(ν_log))`` ``(d_state,)``, real in ``(0, 1)``."""

@@ -1,5 +1,11 @@
 """One module per registered experiment; importing this package registers them all."""
 
-from . import position_probe
+from . import (
+    integrated_gradients,
+    position_probe,
+)
 
-__all__ = ["position_probe"]
+__all__ = [
+    "integrated_gradients",
+    "position_probe",
+]

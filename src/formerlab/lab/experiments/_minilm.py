@@ -17,6 +17,7 @@ The loaded encoder is kept per process, so the experiments of one session share 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -72,6 +73,17 @@ class TextEncoder:
     tokenize: Callable[[str, int], tuple[list[int], list[str]]]
     kind: str
     pad_id: int = 0
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: torch.device | str) -> TextEncoder:
+        """This encoder on ``device`` (a copy when it moves: the loaded model is shared)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        return dataclasses.replace(self, model=copy.deepcopy(self.model).to(device))
 
 
 def _missing_message() -> str | None:
@@ -229,8 +241,9 @@ def sentence_embeddings(enc: TextEncoder, texts: Sequence[str], *, max_length: i
         for j, i in enumerate(rows):
             batch[j, :len(ids[i])] = torch.tensor(ids[i])
             mask[j, :len(ids[i])] = 1
+        batch, mask = batch.to(enc.device), mask.to(enc.device)
         hidden = enc.model(batch, attention_mask=mask).last_hidden_state
-        out[rows] = mean_pool(hidden, mask).float()
+        out[rows] = mean_pool(hidden, mask).float().cpu()
         if progress is not None and (start // batch_size) % 10 == 9:
             progress(f"embedded {start + len(rows)}/{len(ids)} texts")
     if path is not None:

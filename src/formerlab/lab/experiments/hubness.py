@@ -201,7 +201,7 @@ class HubnessExperiment(Experiment):
     def run(self, config: HubnessConfig, ctx: RunContext) -> list[dict[str, Any]]:
         from ..cache import default_cache_dir
 
-        enc = text_encoder(config.encoder, ctx.generator)
+        enc = text_encoder(config.encoder, ctx.generator).to(ctx.device)
         pool = stdlib_docstrings()
         n = min(config.texts, len(pool))
         pick = sorted(torch.randperm(len(pool), generator=ctx.generator)[:n].tolist())

@@ -126,8 +126,8 @@ def _side(enc: TextEncoder, text: str, other: str, cfg: IGConfig) -> tuple[list[
     """Every estimator on one sentence against the fixed other one; rows and a token table."""
     model = enc.model
     ids_list, tokens = enc.tokenize(text, cfg.max_length)
-    ids = torch.tensor([ids_list])
-    other_ids = torch.tensor([enc.tokenize(other, cfg.max_length)[0]])
+    ids = torch.tensor([ids_list], device=enc.device)
+    other_ids = torch.tensor([enc.tokenize(other, cfg.max_length)[0]], device=enc.device)
     with torch.no_grad():
         target = model(other_ids).last_hidden_state.mean(1)
 
@@ -228,8 +228,8 @@ class IntegratedGradientsExperiment(Experiment):
     ]
 
     def run(self, config: IGConfig, ctx: RunContext) -> tuple[list[dict], dict]:
-        enc = text_encoder(config.encoder, ctx.generator)
-        ctx.log(f"encoder: {enc.kind}")
+        enc = text_encoder(config.encoder, ctx.generator).to(ctx.device)
+        ctx.log(f"encoder: {enc.kind} on {enc.device}")
         rows, tables = [], []
         for i, (a, b) in enumerate(PAIRS[:config.pairs]):
             for side in config.sides:

@@ -4,6 +4,7 @@ Markers in a page are replaced when the site is built:
 
 - ``<!-- generated: benchmarks -->`` — one table per ``benchmarks/results/*.json`` (its ratios
   and targets, flattened);
+- ``<!-- generated: benchmark NAME -->`` — the same table for ``benchmarks/results/NAME.json`` only;
 - ``<!-- generated: lab NAME -->`` — the claims and the main table of the stored lab run
   ``benchmarks/results/lab/NAME-quick/results.json`` (seeds, verdicts, evidence).
 """
@@ -38,27 +39,38 @@ def _fmt(v: Any) -> str:
     return str(v).replace("|", "\\|")
 
 
+def _benchmark(path: Path) -> str:
+    """One stored benchmark as a table (its summary rows, or its ratios and targets flattened)."""
+    data = json.loads(path.read_text())
+    rows = data.get("summary")
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) and "measure" in r
+                                                for r in rows):
+        body = [f"| {r['measure']} | {r.get('peer', '')} | {_fmt(r['value'])} | "
+                f"{r.get('target', '')} |" for r in rows]
+        table = "| measure | peer | value | target |\n|---|---|---|---|\n" + "\n".join(body)
+    else:
+        items = _flatten({k: v for k, v in data.items() if k not in ("machine",)})
+        if not items:
+            return ""
+        table = "| measurement | value |\n|---|---|\n" + "\n".join(
+            f"| `{k}` | {_fmt(v)} |" for k, v in items[:40])
+    machine = data.get("machine", {})
+    when = machine.get("date", "") if isinstance(machine, dict) else ""
+    script = path.stem if path.stem.startswith("bench_") else "bench_" + path.stem
+    return (f"### `{path.stem}`\n\nScript `benchmarks/{script}.py`"
+            f"{'; measured ' + when if when else ''}.\n\n{table}\n")
+
+
 def _benchmarks() -> str:
-    parts = []
-    for path in sorted(RESULTS.glob("*.json")):
-        data = json.loads(path.read_text())
-        rows = data.get("summary")
-        if isinstance(rows, list) and rows and all(isinstance(r, dict) and "measure" in r
-                                                    for r in rows):
-            body = [f"| {r['measure']} | {r.get('peer', '')} | {_fmt(r['value'])} | "
-                    f"{r.get('target', '')} |" for r in rows]
-            table = "| measure | peer | value | target |\n|---|---|---|---|\n" + "\n".join(body)
-        else:
-            items = _flatten({k: v for k, v in data.items() if k not in ("machine",)})
-            if not items:
-                continue
-            table = "| measurement | value |\n|---|---|\n" + "\n".join(
-                f"| `{k}` | {_fmt(v)} |" for k, v in items[:40])
-        machine = data.get("machine", {})
-        when = machine.get("date", "") if isinstance(machine, dict) else ""
-        parts.append(f"### `{path.stem}`\n\nScript `benchmarks/{path.stem if path.stem.startswith('bench_') else 'bench_' + path.stem}.py`"
-                     f"{'; measured ' + when if when else ''}.\n\n{table}\n")
+    parts = [p for p in map(_benchmark, sorted(RESULTS.glob("*.json"))) if p]
     return "\n".join(parts) or "_No stored benchmark results._"
+
+
+def _one_benchmark(name: str) -> str:
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return f"_No stored result of `{name}` yet (`python benchmarks/{name}.py`)._"
+    return _benchmark(path) or "_The stored result has no ratios to show._"
 
 
 def _lab(name: str) -> str:
@@ -79,4 +91,6 @@ def _lab(name: str) -> str:
 
 def on_page_markdown(markdown: str, **_: Any) -> str:
     markdown = markdown.replace("<!-- generated: benchmarks -->", _benchmarks())
+    markdown = re.sub(r"<!-- generated: benchmark ([A-Za-z0-9_]+) -->",
+                      lambda m: _one_benchmark(m.group(1)), markdown)
     return re.sub(r"<!-- generated: lab ([a-z0-9-]+) -->", lambda m: _lab(m.group(1)), markdown)

@@ -238,7 +238,6 @@ def linear_attention_recurrent(
     m = _check_key_mask(key_mask, k)
     if m is not None:  # padded keys: no features, no values (whatever the padding holds)
         fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
-    n = q.shape[-2]
     outs = []
     # split, not sliced: one backward node for all chunks (a slice's backward fills a tensor of
     # the whole sequence, which would make the backward quadratic in n)

@@ -33,6 +33,7 @@ __all__ = [
     "Chain",
     "Check",
     "Claim",
+    "ForEach",
     "NotWorse",
     "Ordering",
     "Results",
@@ -302,6 +303,33 @@ class AllOf(Check):
 
     def __call__(self, results: Results) -> Verdict:
         return _combine([c(results) for c in self.checks], "; ")
+
+
+@dataclasses.dataclass
+class ForEach(Check):
+    """``make(x)`` holds for every value ``x`` of column ``over`` in the rows ``where``.
+
+    Combined like :class:`AllOf`, so a claim such as "for every chunk size" holds whatever sizes
+    a preset measures.
+
+    Args:
+        over: The column (e.g. ``"chunks"``, ``"codebook_size"``).
+        make: ``x -> Check`` for one value.
+        where: Restrict the rows whose values of ``over`` are collected.
+        keep: Only values with ``keep(x)`` true (e.g. ``lambda c: c > 1``).
+    """
+
+    over: str
+    make: Callable[[Any], Check]
+    where: dict[str, Any] = dataclasses.field(default_factory=dict)
+    keep: Callable[[Any], bool] | None = None
+
+    def __call__(self, results: Results) -> Verdict:
+        xs = sorted(x for x in results.distinct(self.over, **self.where)
+                    if self.keep is None or self.keep(x))
+        if not xs:
+            return Verdict(NOT_TESTED, f"no rows with a value of {self.over!r}")
+        return AllOf([self.make(x) for x in xs])(results)
 
 
 def _combine(parts: Iterable[Verdict], sep: str) -> Verdict:

@@ -43,10 +43,9 @@ from ...models.config import ModelConfig
 from ...models.encoder import Encoder
 from ...nn.recompute import peak_saved_activation_bytes
 from ..base import Experiment, RunContext, register_experiment
-from ..claims import AllOf, Claim, Results, Threshold, Trend, Verdict
+from ..claims import AllOf, Claim, ForEach, Results, Threshold, Trend, Verdict
 from ..figures import LinePlot, series_over
 from ..report import markdown_table
-from ._checks import ForEach
 
 __all__ = ["METHODS", "AccumulationConfig", "ContrastiveAccumulation"]
 

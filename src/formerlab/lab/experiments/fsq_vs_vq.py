@@ -37,10 +37,9 @@ from torch import Tensor, nn
 from ...config import Config
 from ...quantize import FSQ, VectorQuantizer, recommended_levels
 from ..base import Experiment, RunContext, register_experiment
-from ..claims import NOT_TESTED, AllOf, Claim, Ordering, Results, Threshold, Trend, Verdict
+from ..claims import NOT_TESTED, AllOf, Claim, ForEach, Ordering, Results, Threshold, Trend, Verdict
 from ..figures import LinePlot, series_over
 from ..report import markdown_table
-from ._checks import ForEach
 
 __all__ = ["METHODS", "FSQvsVQ", "FSQvsVQConfig", "evaluate_autoencoder", "load_digit_images",
            "train_autoencoder"]

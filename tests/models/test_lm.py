@@ -119,6 +119,19 @@ def test_save_load_round_trip(tmp_path, tiny_config):
     torch.testing.assert_close(back(x).logits, m(x).logits, rtol=0, atol=0)
 
 
+def test_float64_checkpoints_load_without_rounding(tmp_path, tiny_config):
+    m = CausalLM(tiny_config).double()
+    with torch.no_grad():  # values float32 cannot hold
+        for p in m.parameters():
+            p.add_(torch.randn(p.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e-9)
+    m.save_pretrained(tmp_path / "m")
+    for dtype in (None, torch.float64):
+        back = CausalLM.from_pretrained(tmp_path / "m", dtype=dtype)
+        for (name, a), b in zip(m.state_dict().items(), back.state_dict().values(), strict=True):
+            assert b.dtype == a.dtype and torch.equal(a, b), name
+    assert CausalLM.from_pretrained(tmp_path / "m", dtype=torch.float32).lm_head.weight.dtype == torch.float32
+
+
 def test_corrupted_and_mismatched_checkpoints(tmp_path, tiny_config):
     m = CausalLM(tiny_config)
     m.save_pretrained(tmp_path / "m")

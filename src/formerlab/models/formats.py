@@ -186,7 +186,8 @@ def from_pretrained(cls: type, path: str | Path, *, device: str | torch.device |
                     dtype: torch.dtype | None = None) -> Any:
     """Load ``cls`` (a model class) from a formerlab folder or a foreign checkpoint.
 
-    ``dtype`` (e.g. ``torch.bfloat16``) is the parameters' dtype; RoPE frequencies stay float32.
+    ``dtype`` (e.g. ``torch.bfloat16``) is the parameters' dtype (default: the dtype the weights
+    were saved in); RoPE frequencies stay float32.
     """
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
@@ -210,6 +211,12 @@ def from_pretrained(cls: type, path: str | Path, *, device: str | torch.device |
         except Exception as exc:  # safetensors raises its own error types
             raise CheckpointError(f"{w_file} is corrupted or not safetensors: {exc}") from exc
         model = cls(config)
+        # built in the dtype the weights will have, so nothing is rounded on the way in (float64
+        # checkpoints stay float64); by default the checkpoint's own dtype, as transformers 5
+        floats = [t.dtype for t in tensors.values() if t.is_floating_point()]
+        target = dtype or (max(set(floats), key=floats.count) if floats else None)
+        if target is not None and target != torch.float32:
+            model = model.to(target)
         model.load_weights(tensors, source=str(w_file))
     model.eval()  # as Hugging Face's from_pretrained: ready for inference
     if dtype is not None:

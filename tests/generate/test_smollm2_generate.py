@@ -65,7 +65,7 @@ def test_greedy_tokens_equal_transformers(smol):
         want = hf.generate(ids, attention_mask=mask, do_sample=False, **kw)
     for i in range(ids.shape[0]):
         print(repr(tok.decode(got[i, ids.shape[1]:], skip_special_tokens=True)[:80]))
-    assert got.shape == want.shape
+    assert got.shape == want.shape == (ids.shape[0], ids.shape[1] + NEW)  # all 64 steps ran
     assert torch.equal(got, want)
     answer = tok.decode(got[0, ids.shape[1]:], skip_special_tokens=True)
     assert "Paris" in answer

@@ -119,6 +119,12 @@ def test_save_load_round_trip(tmp_path, tiny_config):
     torch.testing.assert_close(back(x).logits, m(x).logits, rtol=0, atol=0)
 
 
+def test_labels_of_the_wrong_shape_name_both_shapes(tiny_config):
+    m = CausalLM(tiny_config)
+    with pytest.raises(ValueError, match=r"labels must be \(batch, seq\) = \(2, 12\).*got \(2, 11\)"):
+        m(ids(), labels=ids()[:, :11])
+
+
 def test_float64_checkpoints_load_without_rounding(tmp_path, tiny_config):
     m = CausalLM(tiny_config).double()
     with torch.no_grad():  # values float32 cannot hold

@@ -130,3 +130,17 @@ def test_bad_arguments():
         widen_transformer(_gpt(), 0)
     with pytest.raises(ValueError, match="sinusoidal"):
         widen_transformer(CausalLM(llama("tiny", position="sinusoidal")), 2)
+
+
+def test_exact_widening_survives_save_load_and_position_methods(tmp_path):
+    m = _gpt(position="rope")
+    a = m(IDS).logits
+    wide = widen_transformer(m, 2, exact_rope=True)
+    assert wide.config.position.rope_freq_repeat == 2  # in the config, not a loose buffer
+    wide.save_pretrained(tmp_path / "w")
+    back = CausalLM.from_pretrained(tmp_path / "w")
+    assert back.config.position.rope_freq_repeat == 2
+    torch.testing.assert_close(back(IDS).logits, a, rtol=0, atol=1e-12)
+    back.set_position_method("ntk_old", rope_params={"factor": 2.0})
+    m.set_position_method("ntk_old", rope_params={"factor": 2.0})
+    torch.testing.assert_close(back(IDS).logits, m(IDS).logits, rtol=0, atol=1e-12)

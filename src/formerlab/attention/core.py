@@ -201,6 +201,15 @@ def scale_queries(
 
 
 # -- 4. the relative-position path ----------------------------------------------------------------
+def _key_span(rotary: RotaryEmbedding, k_pos: Tensor) -> int | None:
+    """The sequence length a dynamic schedule is evaluated at (largest key position + 1).
+
+    Static schedules do not depend on it, so they skip the device-to-host read (no graph break
+    under ``torch.compile``); a dynamic schedule's frequencies depend on the data by definition.
+    """
+    return int(k_pos.max()) + 1 if rotary.dynamic and k_pos.numel() else None
+
+
 def relpos_scores_path(
     q: Tensor, keys: Tensor, values: Tensor, positions: Tensor, k_pos: Tensor, *,
     relpos: RelPosFn, rotary: RotaryEmbedding, mask: Tensor | None, bias: Tensor | None,
@@ -208,7 +217,7 @@ def relpos_scores_path(
     scale: float | None,
 ) -> tuple[Tensor, Tensor | None]:
     """Two-pass scores of any map, then any normaliser, bias, dropout and weights."""
-    inv_freq, factor = rotary.frequencies(int(k_pos.max()) + 1)
+    inv_freq, factor = rotary.frequencies(_key_span(rotary, k_pos))
     s = relpos_scores(q, keys, q_positions=positions, k_positions=k_pos, inv_freq=inv_freq,
                       relpos=relpos, layout=rotary.layout, rotary_dim=rotary.rotary_dim)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -298,7 +307,7 @@ def attend(
             return_weights=return_weights, scale=scale)
         return out, (state if use_cache else None), w
     if rotary is not None:
-        seq_len = int(k_pos.max()) + 1 if raw else None
+        seq_len = _key_span(rotary, k_pos) if raw else None
         q = rotary.rotate(q, positions, seq_len)
         if raw:
             keys = rotary.rotate(keys, k_pos, seq_len)
@@ -317,7 +326,7 @@ def _relpos_fast(
     state: LayerState | None, past: int, plain: bool, scale: float | None,
 ) -> Tensor:
     """Softmax attention under a relative map through the map's own fast kernels."""
-    inv_freq, factor = rotary.frequencies(int(k_pos.max()) + 1)  # type: ignore[union-attr]
+    inv_freq, factor = rotary.frequencies(_key_span(rotary, k_pos))  # type: ignore[arg-type]
     if isinstance(state, ReRoPECache) and past and plain:
         out = relpos.fast_decode(q, state, inv_freq=inv_freq, scale=scale,
                                  attention_factor=factor)

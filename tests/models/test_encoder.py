@@ -107,3 +107,14 @@ def test_encoder_inputs_embeds_equals_input_ids():
     ref = enc(ids).last_hidden_state
     out = enc(inputs_embeds=enc.embed_tokens(ids)).last_hidden_state
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_own_format_round_trip(hf_folder, tmp_path):
+    path, _ = hf_folder
+    enc = Encoder.from_pretrained(path)  # non-trivial weights
+    enc.save_pretrained(tmp_path / "enc")
+    back = Encoder.from_pretrained(tmp_path / "enc")
+    assert (tmp_path / "enc" / "model.safetensors").is_file()
+    ids = torch.randint(1, 99, (2, 9), generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(back(ids).last_hidden_state, enc(ids).last_hidden_state,
+                               rtol=0, atol=0)

@@ -418,3 +418,26 @@ def test_relpos_attention_dispatch_matches_reference(name, params):
     a = relpos_attention(q, k, v, q_positions=pos(18), k_positions=pos(18), **kw)
     b = relpos_attention(q, k, v, q_positions=pos(18), k_positions=pos(18), fast=False, **kw)
     assert torch.equal(a, b)
+
+
+def test_a_map_without_fast_path_raises_instead_of_running_the_reference():
+    from formerlab.position.relative import RelPosFn, relpos_attention
+    from formerlab.position.rope import rope_frequencies
+
+    class Clamp(RelPosFn):  # a new map that forgot its fast kernels
+        name, window = "clamp", 4
+
+        def f(self, r):
+            return r.clamp(max=self.window)
+
+        def outer_positions(self, q_pos, k_pos):
+            return torch.full_like(q_pos, float(self.window)), torch.zeros_like(k_pos)
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 10, 8, generator=g) for _ in range(3))
+    pos = torch.arange(10)
+    inv_freq, _ = rope_frequencies(8)
+    kw = dict(q_positions=pos, k_positions=pos, inv_freq=inv_freq, relpos=Clamp())
+    with pytest.raises(NotImplementedError, match="Clamp has no fast path"):
+        relpos_attention(q, k, v, **kw)
+    assert relpos_attention(q, k, v, fast=False, **kw).shape == q.shape  # the reference, on request

@@ -133,6 +133,46 @@ def test_rows_are_tidy(micro):
     json.dumps(results.rows)  # results.json needs plain data
 
 
+def test_entropy_rows_equal_the_library_on_the_attention_probabilities(micro):
+    """Oracle: one cell's ``entropy`` is ``attention_entropy`` of the cached model's attention
+    probabilities (NTK-RoPE-old at 4L, repeated set), averaged over the first sequences, layers,
+    heads and the last query rows; every other cell has one, the last-L rows have none."""
+    from formerlab.analysis.entropy import attention_entropy
+    from formerlab.data.corpora import load_corpus
+    from formerlab.data.evalsets import repeated_set
+    from formerlab.lab.experiments.extrapolation.experiment import _train_variants
+
+    results, cfg, tmp = micro
+    L, n = cfg.train_len, max(cfg.lengths)
+    for r in results.rows:
+        if r["set"] == "last_n":
+            assert "entropy" not in r
+        else:
+            assert 0.0 < r["entropy"] <= torch.log(torch.tensor(float(r["length"]))) + 1e-6
+    ctx = RunContext(preset="micro", out_dir=tmp, device=torch.device("cpu"), seed=0,
+                     progress=False, cache_dir=tmp / "cache")
+    corpus = load_corpus(None)
+    method = METHODS.get("ntk_old")
+    models, info = _train_variants(cfg, [method], ctx, corpus.tokens("train"), corpus.provenance)
+    assert info["rope"]["cached"] is True  # the very model the micro run evaluated
+    model = models["rope"]
+    tokens = repeated_set(corpus.tokens("test"), n, cfg.num_samples, train_len=L,
+                          seed=0).tokens[:cfg.entropy_samples]
+    method.configure(model, L, n)
+    try:
+        with torch.no_grad():
+            attentions = model(tokens, output_attentions=True).attentions
+    finally:
+        model.reset_position_method()
+    per_row = torch.stack([attention_entropy(a) for a in attentions])  # (layers, B, heads, n)
+    want = float(per_row[..., -cfg.entropy_rows:].mean())
+    got = _value(results, "ntk_old", set="repeated", length=n)["entropy"]
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-6)
+    # the oracle can tell cells apart: the baseline at 4L attends differently
+    assert _value(results, "baseline", set="repeated", length=n)["entropy"] != \
+        pytest.approx(want, rel=1e-5, abs=1e-6)
+
+
 def test_claims_evaluate_to_a_verdict(micro):
     results, *_ = micro
     exp = EXPERIMENTS.get("extrapolation")
@@ -164,6 +204,10 @@ def test_table_figures_and_notes(micro):
     assert "| method | 32 (train) | 128 rep. | 128 non-rep. | blog:" in table
     assert "Dynamic NTK ‡" in table and "‡ Equal to another row by construction" in table
     assert "not comparable" in table and "| method | context 32 | context 64 |" in table
+    main, entropy = table.split("Mean attention entropy (nats)")
+    assert "entropy" not in main.split("\n\n")[1]  # the headline table stays accuracy only
+    assert "the last 8 query rows of the first 2 sequences" in entropy
+    assert "| method | 32 (train) | 128 rep. | 128 non-rep. |" in entropy
     plots = exp.figures(results)
     assert {p.name for p in plots} == {"accuracy_repeated", "accuracy_non_repeated",
                                        "last_n_loss", "loss_by_position"}

@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 
-from ...attention.normalize import attention_entropy
 from ...config import Config, TrainConfig
 from ...data.batching import window_batch
 from ...data.corpora import load_corpus
@@ -30,11 +29,10 @@ from ...data.evalsets import non_repeated_set
 from ...models.config import ModelConfig
 from ...train.eval import evaluate_tokens
 from ..base import Experiment, RunContext, register_experiment
-from ..cache import trained_model
 from ..claims import Claim, Ordering, Results, Threshold
 from ..figures import LinePlot, series_over
 from ..report import markdown_table
-from ._shared import RowMarginOrdering
+from ._shared import RowMarginOrdering, mean_attention_entropy
 
 __all__ = ["NORMALIZATIONS", "EntropyInvariance", "EntropyInvarianceConfig", "mean_attention_entropy"]
 
@@ -111,14 +109,6 @@ def _full() -> EntropyInvarianceConfig:
         entropy_margin=MIN_ENTROPY_EFFECT, loss_margin=QUICK_LOSS_MARGIN)
 
 
-@torch.no_grad()
-def mean_attention_entropy(model: torch.nn.Module, tokens: torch.Tensor, rows: int) -> float:
-    """Mean attention entropy (nats) of the last ``rows`` query rows, over layers and heads."""
-    out = model(tokens, output_attentions=True)
-    vals = [float(attention_entropy(a[..., -rows:, :].float()).mean()) for a in out.attentions]
-    return sum(vals) / len(vals)
-
-
 def _summary(name: str, per_length: list[dict[str, Any]], config: EntropyInvarianceConfig
              ) -> dict[str, Any]:
     first, last = per_length[0], per_length[-1]
@@ -181,9 +171,7 @@ class EntropyInvariance(Experiment):
             mc = config.model.replace(normalization=name, max_position_embeddings=longest)
             with torch.random.fork_rng(devices=[]):  # the same initial weights for both
                 torch.manual_seed(init_seed)
-                model, info = trained_model(mc, tc, batch_fn, corpus_id=corpus.provenance,
-                                            cache_dir=ctx.cache_dir, device=ctx.device,
-                                            progress=ctx.progress, log=ctx.log)
+                model, info = ctx.trained_model(mc, tc, batch_fn, corpus_id=corpus.provenance)
             model.eval()
             training[name] = info
             per_length = []

@@ -44,6 +44,9 @@ class ExtrapolationConfig(Config):
         methods: Method names (see :data:`~.methods.METHODS`).
         last_n_multipliers: Context multipliers of the last-``L``-tokens protocol.
         curve_points: Bins of the stored per-position loss curve (at the longest length).
+        entropy_samples: The first sequences of each (length, set) cell whose attention entropy
+            is measured (the evaluation itself runs the fused kernel, without weights).
+        entropy_rows: The last query rows of each sequence the entropy averages (``<= L``).
         model: Base model (variants change the position scheme).
         train: Training settings (``seq_len`` is forced to ``train_len``; ``seed`` is the run's).
     """
@@ -55,6 +58,8 @@ class ExtrapolationConfig(Config):
     methods: list[str] = dataclasses.field(default_factory=lambda: list(QUICK_METHODS))
     last_n_multipliers: list[int] = dataclasses.field(default_factory=lambda: [1, 2, 4, 8])
     curve_points: int = 128
+    entropy_samples: int = 1
+    entropy_rows: int = 16
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
@@ -69,6 +74,10 @@ class ExtrapolationConfig(Config):
             raise ValueError("num_samples and eval_batch_size must be >= 1 and curve_points >= 2, "
                              f"got {self.num_samples}, {self.eval_batch_size}, "
                              f"{self.curve_points}")
+        if self.entropy_samples < 1 or not 1 <= self.entropy_rows <= self.train_len:
+            raise ValueError(f"need entropy_samples >= 1 and 1 <= entropy_rows <= train_len "
+                             f"({self.train_len}), got {self.entropy_samples} and "
+                             f"{self.entropy_rows}")
         if not self.methods:
             raise ValueError("methods must name at least one method")
         for name in self.methods:
@@ -95,6 +104,7 @@ def _micro() -> ExtrapolationConfig:
     return ExtrapolationConfig(
         train_len=32, test_multipliers=[4], num_samples=4, eval_batch_size=4,
         methods=list(MICRO_METHODS), last_n_multipliers=[1, 2], curve_points=32,
+        entropy_samples=2, entropy_rows=8,
         model=ModelConfig(hidden_size=32, num_layers=2, num_heads=2),
         train=TrainConfig(steps=30, batch_size=8, seq_len=32, lr=1e-2, warmup_steps=5,
                           log_every=10),
@@ -123,7 +133,7 @@ def _medium() -> ExtrapolationConfig:
 def _full() -> ExtrapolationConfig:
     return ExtrapolationConfig(
         train_len=128, test_multipliers=[4, 8, 16], num_samples=64,
-        methods=list(METHODS), last_n_multipliers=[1, 2, 4, 8, 16],
+        methods=list(METHODS), last_n_multipliers=[1, 2, 4, 8, 16], entropy_samples=4,
         model=ModelConfig(hidden_size=192, num_layers=6, num_heads=6),
         train=TrainConfig(steps=3000, batch_size=32, seq_len=128, lr=2e-3, warmup_steps=100,
                           log_every=50, checkpoint_every=250),

@@ -3,6 +3,16 @@
 One seed trains (or reuses from the cache) every model variant the selected methods need, with
 the train config's ``seed`` set to the run's seed, then evaluates every method at each length on
 the non-repeated and the repeated set, and the last-``L``-token loss at growing contexts.
+
+Attention entropy: every (method, set, length) row of the repeated and the non-repeated set
+carries ``entropy``, the mean attention entropy in nats of the **last** ``entropy_rows`` query
+rows of the **first** ``entropy_samples`` sequences of that cell, averaged with equal weight over
+those sequences, every layer and every head (:func:`~.._shared.mean_attention_entropy`:
+:func:`~formerlab.analysis.entropy.attention_entropy` of the model's attention probabilities).
+Accuracy and loss use every sequence through the fused attention kernel, which returns no
+weights; only this subset takes the explicit path (about three times slower per sequence), so
+the entropy costs ``entropy_samples`` extra forward passes per cell. The last rows see about
+``n`` keys, so a uniform row there has entropy ``≈ log n``. The last-``L`` rows carry no entropy.
 """
 
 from __future__ import annotations
@@ -19,10 +29,10 @@ from ....data.evalsets import non_repeated_set, repeated_set
 from ....models.lm import CausalLM
 from ....train.eval import evaluate_tokens, last_n_loss
 from ...base import Experiment, RunContext, register_experiment
-from ...cache import trained_model
 from ...claims import Results
 from ...figures import LinePlot, Series, series_over
 from ...report import markdown_table
+from .._shared import mean_attention_entropy
 from ..published import MASTER_TABLE, MASTER_TABLE_SETUP
 from .claims import CLAIMS
 from .config import PRESETS, ExtrapolationConfig
@@ -60,9 +70,7 @@ def _train_variants(cfg: ExtrapolationConfig, methods: list[Method], ctx: RunCon
     models, info = {}, {}
     for variant in dict.fromkeys(m.variant for m in methods):
         mc = cfg.model.replace(**variant_changes(variant, L, cfg.model.num_layers))
-        model, meta = trained_model(mc, train_cfg, batch_fn, corpus_id=corpus_id,
-                                    cache_dir=ctx.cache_dir, device=ctx.device,
-                                    progress=ctx.progress, log=ctx.log)
+        model, meta = ctx.trained_model(mc, train_cfg, batch_fn, corpus_id=corpus_id)
         model.eval()
         models[variant] = model
         info[variant] = {**meta, "parameters": model.num_parameters()}
@@ -76,16 +84,23 @@ def _binned(curve: list[float], points: int) -> list[float]:
     return [sum(curve[a:b]) / (b - a) for a, b in itertools.pairwise(edges)]
 
 
+def eval_sets(cfg: ExtrapolationConfig, test_tokens: torch.Tensor, seed: int
+              ) -> dict[tuple[str, int], torch.Tensor]:
+    """The ``(num_samples, n)`` tokens of every ``(set, length)`` cell of one seed."""
+    sets = {}
+    for n in cfg.lengths:
+        sets[("non_repeated", n)] = non_repeated_set(test_tokens, n, cfg.num_samples).tokens
+        sets[("repeated", n)] = repeated_set(test_tokens, n, cfg.num_samples,
+                                             train_len=cfg.train_len, seed=seed).tokens
+    return sets
+
+
 def _evaluate(cfg: ExtrapolationConfig, methods: list[Method], models: dict[str, CausalLM],
               test_tokens: torch.Tensor, ctx: RunContext
               ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
     """Rows of every (method, set, length) and (method, context); per-position loss curves."""
     L, top = cfg.train_len, max(cfg.lengths)
-    sets = {}
-    for n in cfg.lengths:
-        sets[("non_repeated", n)] = non_repeated_set(test_tokens, n, cfg.num_samples).tokens
-        sets[("repeated", n)] = repeated_set(test_tokens, n, cfg.num_samples, train_len=L,
-                                             seed=ctx.seed).tokens
+    sets = eval_sets(cfg, test_tokens, ctx.seed)
     c_max = max(cfg.last_n_multipliers)
     last_n_samples = non_repeated_set(test_tokens, L * c_max + 1, cfg.num_samples).tokens
     bar = None
@@ -101,10 +116,13 @@ def _evaluate(cfg: ExtrapolationConfig, methods: list[Method], models: dict[str,
         for (set_name, n), tokens in sets.items():
             m.configure(model, L, n)
             s = evaluate_tokens(model, tokens, batch_size=cfg.eval_batch_size, train_len=L)
+            device = next(model.parameters()).device
+            entropy = mean_attention_entropy(model, tokens[:cfg.entropy_samples].to(device),
+                                             cfg.entropy_rows)
             rows.append({**who, "set": set_name, "length": n, "k": n // L, "longest": n == top,
                          "accuracy": s["accuracy"], "loss": s["loss"],
                          "accuracy_beyond": s["accuracy_beyond"],
-                         "loss_beyond": s["loss_beyond"]})
+                         "loss_beyond": s["loss_beyond"], "entropy": entropy})
             if set_name == "non_repeated" and n == top:
                 curves[m.name] = _binned(s["per_position_loss"], cfg.curve_points)
             if bar is not None:
@@ -148,8 +166,10 @@ class Extrapolation(Experiment):
                                            corpus.provenance)
         ctx.log(f"evaluating {len(methods)} methods at {config.lengths}")
         rows, curves = _evaluate(config, methods, models, corpus.tokens("test"), ctx)
+        entropy = {"rows": config.entropy_rows,
+                   "sequences": min(config.entropy_samples, config.num_samples)}
         return rows, {"training": training, "per_position_loss": curves,
-                      "corpus": corpus.describe()}
+                      "corpus": corpus.describe(), "entropy": entropy}
 
     # -- the report ----------------------------------------------------------------------------
     def table(self, results: Results) -> str:
@@ -187,7 +207,8 @@ class Extrapolation(Experiment):
                      "sequences of one length is exactly the factor the static NTK-aware schedule "
                      "is given. The two differ only in the last-L loss below, where the static "
                      "schedule keeps the factor of the longest context.")
-        return text + "\n\n" + self._last_n_table(results, names, L)
+        return (text + "\n\n" + self._last_n_table(results, names, L) + "\n\n"
+                + self._entropy_table(results, names, L, lengths))
 
     @staticmethod
     def _last_n_table(results: Results, names: list[str], L: int) -> str:
@@ -201,6 +222,31 @@ class Extrapolation(Experiment):
                 "scored on the same targets; static schedules use the factor of the longest "
                 "context throughout):\n\n"
                 + markdown_table(["method", *(f"context {c}" for c in contexts)], body))
+
+    @staticmethod
+    def _entropy_table(results: Results, names: list[str], L: int, lengths: list[int]) -> str:
+        if not any("entropy" in r for r in results.rows):
+            return ""  # a run from before the entropy was measured
+        header = ["method", f"{L} (train)"]
+        for n in lengths:
+            header += [f"{n} rep.", f"{n} non-rep."]
+        body = []
+        for name in names:
+            line = [METHODS.get(name).label,
+                    results.fmt("entropy", 1, 3, method=name, set="non_repeated", length=L)]
+            for n in lengths:
+                line += [results.fmt("entropy", 1, 3, method=name, set=s, length=n)
+                         for s in ("repeated", "non_repeated")]
+            body.append(line)
+        uniform = ", ".join(f"log {n} = {math.log(n):.3f}" for n in [L, *lengths])
+        info = next((results.extras[s]["entropy"] for s in results.seeds
+                     if "entropy" in results.extras.get(s, {})), None)
+        what = (f"the last {info['rows']} query rows of the first {info['sequences']} "
+                "sequences of each cell" if info else "the last query rows of the first "
+                "sequences of each cell")
+        return (f"Mean attention entropy (nats) of {what}, averaged over those sequences, every "
+                "layer and every head (accuracy and loss above use every sequence); a uniform "
+                f"row over n keys has {uniform}:\n\n" + markdown_table(header, body))
 
     def figures(self, results: Results) -> list[LinePlot]:
         names = results.distinct("method")

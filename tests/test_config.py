@@ -89,6 +89,9 @@ def test_registry_errors_and_aliases():
     with pytest.raises(ValueError, match="already registered"):
         reg.add("uno", 2)
     assert "one" in reg and list(reg) == ["one"]
+    reg.remove("uno")  # by alias: the entry and its aliases go
+    assert "one" not in reg and "uno" not in reg and len(reg) == 0
+    reg.add("uno", 3)  # the names are free again
 
 
 def test_coerce():

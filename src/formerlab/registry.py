@@ -56,6 +56,12 @@ class Registry(Generic[T]):
         for alias in aliases:
             self._aliases[alias] = name
 
+    def remove(self, name: str) -> None:
+        """Unregister ``name`` (a canonical name) and its aliases."""
+        name = self.canonical(name)
+        del self._items[name], self._meta[name]
+        self._aliases = {a: n for a, n in self._aliases.items() if n != name}
+
     def canonical(self, name: str) -> str:
         """Resolve an alias to its canonical name; raise ``ValueError`` for unknown names."""
         if name in self._items:

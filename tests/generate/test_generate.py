@@ -34,6 +34,12 @@ METHODS = [
     {"rope_type": "ntk_old", "rope_params": {"factor": 2.0}},
     {"rope_type": "dynamic", "rope_params": {"factor": 2.0}},
     {"logn": "dagger", "train_len": 6},
+    {"rope_type": "linear", "rope_params": {"factor": 2.0}},
+    {"rope_type": "ntk_mixed", "rope_params": {"factor": 2.0}},
+    {"rope_type": "yarn", "rope_params": {"factor": 2.0, "original_max_position_embeddings": 8}},
+    {"rope_type": "llama3", "rope_params": {"factor": 2.0, "low_freq_factor": 1.0,
+                                            "high_freq_factor": 4.0,
+                                            "original_max_position_embeddings": 8}},
 ]
 
 
@@ -81,7 +87,7 @@ def test_greedy_equals_the_full_forward_argmax_loop(name):
     assert torch.equal(generate(model, ids, max_new_tokens=8, num_beams=1), ref)
 
 
-@pytest.mark.parametrize("method", METHODS, ids=lambda m: next(iter(m.values())).__repr__()[:20])
+@pytest.mark.parametrize("method", METHODS, ids=lambda m: repr(m)[:40])
 @pytest.mark.parametrize("name", [n for n in sorted(CASES) if MIXERS.get(n).positional])
 def test_cached_equals_uncached_under_position_methods(name, method):
     model = _model(name)
@@ -340,3 +346,37 @@ def test_beam_search_with_one_beam_is_greedy():
     one = beam_search(ModelRunner(model), ids, None, num_beams=1, max_new_tokens=8,
                       chain=LogitsProcessorList())
     assert torch.equal(one.sequences, generate(model, ids, max_new_tokens=8))
+
+
+@pytest.mark.parametrize("kind", ["alibi", "sinusoidal", "learned", "nope"])
+def test_cached_equals_uncached_for_every_position_kind(kind):
+    torch.manual_seed(0)
+    model = CausalLM(ModelConfig(**BASE, position={"kind": kind})).double().eval()
+    rows = [_ids(1, n, seed=n)[0] for n in (9, 5, 7)]
+    ids, mask = _padded(rows)
+    for extra in ({}, {"num_beams": 3}):
+        kw = dict(max_new_tokens=7, pad_token_id=0, **extra)
+        cached = generate(model, ids, mask, **kw)
+        assert torch.equal(cached, generate(model, ids, mask, use_cache=False, **kw))
+    assert torch.equal(generate(model, ids[:1], max_new_tokens=7),
+                       _argmax_loop(model, ids[:1], 7))
+
+
+def test_a_user_registered_filter_is_applied_by_name():
+    from formerlab.generate import LOGITS_FILTERS, register_logits_filter
+
+    @register_logits_filter("ban_token")
+    def ban_token(input_ids, scores, *, token: int):
+        return scores.index_fill(-1, torch.tensor([token]), float("-inf"))
+
+    try:
+        model = _model("mha")
+        ids = _ids(2, 5)
+        greedy = generate(model, ids, max_new_tokens=6)
+        banned = int(greedy[0, 5])
+        out = generate(model, ids, max_new_tokens=6,
+                       logits_processor=[LogitsFilter("ban_token", token=banned)])
+        assert banned not in out[0, 5:].tolist() and not torch.equal(out, greedy)
+    finally:
+        LOGITS_FILTERS.remove("ban_token")
+    assert "ban_token" not in LOGITS_FILTERS

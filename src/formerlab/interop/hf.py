@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..position.logn import logn_dagger_factor
 from ..position.relative import LeakyReRoPEMap, RelPosFn, ReRoPEMap, relpos_attention
 from ..position.rerope import ReRoPECache, rerope_attention, rerope_decode_step
-from ..position.schedules import ROPE_SCHEDULES, rope_frequencies
+from ..position.schedules import ROPE_SCHEDULES, parse_rope_parameters, rope_frequencies
 
 __all__ = ["EXTEND_METHODS", "SUPPORTED_MODEL_TYPES", "ExtendContextHandle", "extend_context"]
 
@@ -115,9 +115,11 @@ def _locate(model: nn.Module) -> tuple[Any, nn.Module, list[nn.Module]]:
     return config, rotary, [layer.self_attn for layer in layers]
 
 
-def _config_rope(config: Any) -> dict[str, Any]:
-    """The config's rope dict: ``rope_parameters`` (transformers 5) or ``rope_scaling`` (4.x)."""
-    return dict(getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+def _config_rope(config: Any) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """The config's rope dict — ``rope_parameters`` (transformers 5) or ``rope_scaling`` (4.x) —
+    split by :func:`~formerlab.position.schedules.parse_rope_parameters`."""
+    rope = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None)
+    return parse_rope_parameters(dict(rope or {}))
 
 
 def _original_length(config: Any) -> int | None:
@@ -125,7 +127,7 @@ def _original_length(config: Any) -> int | None:
     top = getattr(config, "original_max_position_embeddings", None)
     if top is not None:
         return int(top)
-    inner = _config_rope(config).get("original_max_position_embeddings")
+    inner = _config_rope(config)[1].get("original_max_position_embeddings")
     return None if inner is None else int(inner)
 
 
@@ -135,19 +137,20 @@ def _existing_scaling(model: nn.Module, config: Any, rotary: nn.Module) -> str |
         if h.method in ROPE_SCHEDULES:
             shown = {k: v for k, v in h.params.items() if v is not None}
             return f"extend_context({h.method!r}, {shown}) (an active handle)"
-    rope = _config_rope(config)
-    rope_type = rope.get("rope_type") or rope.get("type") or getattr(rotary, "rope_type", None) or "default"
+    rope_type, params, _ = _config_rope(config)
+    if rope_type == "default":
+        rope_type = ROPE_SCHEDULES.canonical(getattr(rotary, "rope_type", None) or "default")
     if rope_type == "default":
         return None
-    shown = {k: v for k, v in rope.items() if k not in ("rope_theta", "partial_rotary_factor", "type")}
-    return f"{ {**shown, 'rope_type': rope_type} } (from the model config)"
+    return f"{ {**params, 'rope_type': rope_type} } (from the model config)"
 
 
 def _rope_setup(config: Any) -> tuple[int, float, float]:
-    rope = dict(getattr(config, "rope_parameters", None) or {})
+    _, _, common = _config_rope(config)
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    base = rope.get("rope_theta", getattr(config, "rope_theta", 10000.0))
-    partial = rope.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", None) or 1.0)
+    base = common.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    partial = common.get("partial_rotary_factor",
+                         getattr(config, "partial_rotary_factor", None) or 1.0)
     return int(head_dim), float(base), float(partial)
 
 

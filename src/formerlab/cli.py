@@ -2,7 +2,8 @@
 ``tokenizer train|encode|sample|stats``.
 
 Every subcommand has ``--help``; ``--device auto`` picks CUDA when present. Data-parallel
-training: ``torchrun --nproc_per_node=2 -m formerlab train ...`` (gloo on CPU, NCCL on GPU).
+training: ``torchrun --nproc_per_node=2 -m formerlab train ...`` (gloo on CPU, NCCL on GPU); the
+same for ``torchrun ... -m formerlab lab run NAME ...`` (rank 0 writes and prints).
 """
 
 from __future__ import annotations
@@ -139,14 +140,21 @@ def _cmd_lab_list(args: argparse.Namespace) -> int:
 def _cmd_lab_run(args: argparse.Namespace) -> int:
     from .lab import run_experiment
     from .lab.report import claims_markdown
+    from .train.distributed import init_distributed, resolve_device, shutdown_distributed
 
-    data, paths = run_experiment(
-        args.name, preset=args.preset, seeds=args.seeds, seed=args.seed, out_dir=args.out,
-        device=args.device, progress=not args.no_progress, cache_dir=args.cache_dir,
-        corpus=args.corpus,
-    )
-    print(f"\n# {data['title']}\n\n{claims_markdown(data['claims'])}\n\n{data['table_md']}\n")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    info = init_distributed(resolve_device(args.device))  # one process unless under torchrun
+    try:
+        data, paths = run_experiment(
+            args.name, preset=args.preset, seeds=args.seeds, seed=args.seed, out_dir=args.out,
+            device=args.device, progress=not args.no_progress, cache_dir=args.cache_dir,
+            corpus=args.corpus, dist_info=info, parallel=args.parallel,
+        )
+    finally:
+        shutdown_distributed()
+    if info.is_main:
+        print(f"\n# {data['title']}\n\n{claims_markdown(data['claims'])}\n\n"
+              f"{data['table_md']}\n")
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 
@@ -215,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--seed", type=int, default=0, help="first seed")
     lr.add_argument("--cache-dir", type=Path, help="trained-model cache (default ~/.cache/formerlab)")
     lr.add_argument("--corpus", help="text file or folder (default: Python stdlib sources)")
+    lr.add_argument("--parallel", choices=["ddp", "fsdp"],
+                    help="under torchrun: DDP or FSDP2 for every training of the run (default: "
+                         "each train config's own, ddp)")
     lr.add_argument("--no-progress", action="store_true")
     lr.set_defaults(func=_cmd_lab_run)
 

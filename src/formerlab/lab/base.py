@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
-from ..config import Config
+from ..config import Config, TrainConfig
+from ..models.config import ModelConfig
 from ..registry import Registry
+from ..train.distributed import DistInfo
+from ..train.trainer import BatchFn, TrainSummary
 from .claims import Claim, Results
 from .figures import LinePlot
 
@@ -49,6 +53,13 @@ class RunContext:
         progress: Show progress bars.
         cache_dir: Trained-model cache (``None``: the default).
         corpus: Text file or folder (``None``: the embedded default corpus).
+        dist: This process's rank and world under ``torchrun`` (one process by default); see
+            :mod:`formerlab.lab.distributed`.
+        parallel: ``"ddp"`` or ``"fsdp"`` for every training of the run (``None``: each train
+            config's own ``parallel``).
+
+    Train through :meth:`train` and :meth:`trained_model`: they pass the device, the processes
+    and the parallelism to the trainer, so an experiment runs under ``torchrun`` unchanged.
     """
 
     preset: str
@@ -58,18 +69,70 @@ class RunContext:
     progress: bool = True
     cache_dir: Path | None = None
     corpus: str | None = None
+    dist: DistInfo = dataclasses.field(default_factory=DistInfo)
+    parallel: str | None = None
     generator: torch.Generator = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         if self.cache_dir is not None:
             self.cache_dir = Path(self.cache_dir)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes and prints (rank 0, or the only process)."""
+        return self.dist.is_main
+
     def log(self, message: str) -> None:
-        if self.progress:
+        if self.progress and self.dist.is_main:
             print(f"[seed {self.seed}] {message}", flush=True)
+
+    def _train_config(self, train_config: TrainConfig) -> TrainConfig:
+        return train_config if self.parallel is None else train_config.replace(
+            parallel=self.parallel)
+
+    def train(self, model: nn.Module, model_config: ModelConfig, train_config: TrainConfig,
+              batch_fn: BatchFn, *, out_dir: str | Path | None = None,
+              progress: bool | None = None, resume: bool = False) -> TrainSummary:
+        """Train ``model`` in place on this run's device and processes.
+
+        Args:
+            model, model_config, train_config, batch_fn: As for
+                :class:`~formerlab.train.Trainer` (``batch_fn(step, rows)`` returns the given
+                rows of the step's global batch).
+            out_dir: The trainer's run folder (``None``: nothing written).
+            progress: The trainer's progress bar (``None``: the run's setting).
+            resume: Continue from the latest checkpoint in ``out_dir``.
+
+        Returns:
+            The :class:`~formerlab.train.TrainSummary`; ``model`` itself holds the trained
+            weights on :attr:`device`, on every process (a plain module, see
+            :func:`~formerlab.lab.distributed.train_in_place`).
+        """
+        from .distributed import train_in_place
+
+        return train_in_place(model, model_config, self._train_config(train_config), batch_fn,
+                              device=self.device, dist_info=self.dist, out_dir=out_dir,
+                              progress=self.progress if progress is None else progress,
+                              resume=resume)
+
+    def trained_model(self, model_config: ModelConfig, train_config: TrainConfig,
+                      batch_fn: BatchFn, *, corpus_id: str) -> tuple[Any, dict[str, object]]:
+        """The cached model for these configs, trained on this run's device and processes if
+        absent (:func:`formerlab.lab.cache.trained_model` with this run's cache, device,
+        progress, log, processes and parallelism).
+
+        Returns:
+            ``(CausalLM, info)`` as :func:`~formerlab.lab.cache.trained_model`.
+        """
+        from .cache import trained_model
+
+        return trained_model(model_config, train_config, batch_fn, corpus_id=corpus_id,
+                             cache_dir=self.cache_dir, device=self.device, progress=self.progress,
+                             log=self.log, dist_info=self.dist, parallel=self.parallel)
 
 
 class Experiment:

@@ -6,6 +6,11 @@ gets an explicit ``ctx.generator``. After every seed the partial ``results.json`
 interrupted multi-seed run resumes where it stopped (seeds already measured with the same config
 are reused). The claims are evaluated over all seeds, then the report is written: results and
 table first, figures after.
+
+Under ``torchrun`` (``dist_info`` with several processes, see :mod:`formerlab.lab.distributed`)
+every process runs every seed; the seeds stored by an earlier run are read by rank 0 and broadcast,
+only rank 0 writes ``results.json`` and the report and shows progress, and every process waits at
+the end until rank 0 has written.
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ from typing import Any
 import torch
 
 from ..config import config_hash
+from ..train.distributed import DistInfo
+from ..train.parallel import PARALLEL_MODES
 from .base import EXPERIMENTS, RunContext
 from .claims import Results
+from .distributed import barrier, from_main, process_device
 from .report import RESULTS_NAME, write_report
 
 __all__ = ["list_experiments", "run_experiment"]
@@ -54,10 +62,10 @@ def _versions() -> dict[str, Any]:
     return out
 
 
-def _machine(device: torch.device) -> dict[str, Any]:
+def _machine(device: torch.device, dist_info: DistInfo) -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": str(device),
+            "device": str(device), "processes": dist_info.world_size,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -89,6 +97,7 @@ def _assemble(exp: Any, cfg: Any, preset: str, rows: list[dict], extras: dict[in
         "table_md": exp.table(results) if rows else "(no seed finished yet)",
         "notes": exp.notes(results) if rows else "",
         "plots": [p.to_dict() for p in exp.figures(results)] if rows else [],
+        "html_sections": [s.to_dict() for s in exp.html_sections(results)] if rows else [],
         "rows": rows,
         "extras": {str(k): v for k, v in extras.items()},
         "meta": meta,
@@ -107,6 +116,8 @@ def run_experiment(
     cache_dir: str | Path | None = None,
     corpus: str | None = None,
     config: Any = None,
+    dist_info: DistInfo | None = None,
+    parallel: str | None = None,
 ) -> tuple[dict[str, Any], dict[str, Path]]:
     """Run experiment ``name`` and write its report into ``out_dir`` (default ``runs/NAME-PRESET``).
 
@@ -116,12 +127,22 @@ def run_experiment(
         seeds: Number of seeds (``seed, seed+1, …``) or an explicit list.
         seed: First seed when ``seeds`` is a number.
         config: A config object replacing the preset's (same dataclass).
+        dist_info: The process group when launched by ``torchrun``
+            (:func:`~formerlab.train.init_distributed`; ``None``: one process).
+        parallel: ``"ddp"`` or ``"fsdp"`` for every training of the run (``None``: each train
+            config's own).
 
     Returns:
-        ``(results dict as written to results.json, written paths)``.
+        ``(results dict as written to results.json, written paths)``; on ranks other than 0 the
+        paths are empty (only rank 0 writes).
     """
     from ..train.distributed import resolve_device
 
+    if parallel is not None and parallel not in PARALLEL_MODES:
+        raise ValueError(f"parallel must be one of {list(PARALLEL_MODES)} or None, "
+                         f"got {parallel!r}")
+    info = dist_info or DistInfo()
+    progress = progress and info.is_main
     _load_all()
     exp = EXPERIMENTS.get(name)
     cfg = exp.preset(preset) if config is None else type(exp.preset(preset)).coerce(config)
@@ -129,17 +150,20 @@ def run_experiment(
     if not seed_list or len(set(seed_list)) != len(seed_list):
         raise ValueError(f"seeds must be a positive count or distinct ints, got {seeds!r}")
     out = Path(out_dir) if out_dir is not None else Path("runs") / f"{exp.name}-{preset}"
-    dev = resolve_device(device)
+    dev = process_device(resolve_device(device), info)
     key = config_hash(cfg, {"preset": preset, "corpus": corpus or "default"})
-    old_rows, extras, seconds = _previous(out, exp.name, key)
+    old_rows, extras, seconds = from_main(_previous(out, exp.name, key) if info.is_main else None,
+                                          info)
     rows = [r for r in old_rows if r.get("seed") in seed_list]
     done = {r["seed"] for r in rows}
     meta: dict[str, Any] = {
         "experiment": exp.name, "preset": preset, "seeds": seed_list, "config": cfg.to_dict(),
-        "config_hash": key, "versions": _versions(), "machine": _machine(dev),
+        "config_hash": key, "versions": _versions(), "machine": _machine(dev, info),
         "corpus": corpus or "embedded default corpus", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": " ".join(sys.argv), "seed_seconds": {str(k): v for k, v in seconds.items()},
     }
+    if parallel is not None:
+        meta["parallel"] = parallel
     t0 = time.perf_counter()
     for s in seed_list:
         if s in done:
@@ -147,7 +171,8 @@ def run_experiment(
                 print(f"[{exp.name}] seed {s}: reusing the stored results", flush=True)
             continue
         ctx = RunContext(preset=preset, out_dir=out, device=dev, seed=s, progress=progress,
-                         cache_dir=Path(cache_dir) if cache_dir else None, corpus=corpus)
+                         cache_dir=Path(cache_dir) if cache_dir else None, corpus=corpus,
+                         dist=info, parallel=parallel)
         started = time.perf_counter()
         cuda = [dev.index or 0] if dev.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
@@ -159,8 +184,12 @@ def run_experiment(
             extras[s] = seed_extras
         meta["seed_seconds"][str(s)] = round(time.perf_counter() - started, 1)
         meta["seconds"] = round(time.perf_counter() - t0, 1)
-        write_report(_assemble(exp, cfg, preset, rows, extras, {**meta, "complete": False}), out)
+        if info.is_main:
+            write_report(_assemble(exp, cfg, preset, rows, extras, {**meta, "complete": False}),
+                         out)
     meta["seconds"] = round(time.perf_counter() - t0, 1)
     meta["complete"] = True
     data = _assemble(exp, cfg, preset, rows, extras, meta)
-    return data, write_report(data, out)
+    paths = write_report(data, out) if info.is_main else {}
+    barrier(info)  # every process leaves once rank 0 has written
+    return data, paths

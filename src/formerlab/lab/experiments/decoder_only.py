@@ -26,7 +26,6 @@ from ...config import Config, TrainConfig
 from ...data.batching import step_generator
 from ...models.config import ModelConfig
 from ...models.lm import CausalLM
-from ...train.trainer import Trainer
 from ..base import Experiment, RunContext, register_experiment
 from ..claims import Claim, Ordering, Results
 from ..figures import LinePlot
@@ -184,7 +183,7 @@ class DecoderOnly(Experiment):
 
                 model = CausalLM(mc)
                 model.reset_parameters(torch.Generator().manual_seed(init_seed))  # same for both
-                summary = Trainer(model, mc, tc, batch, device=ctx.device, progress=False).train()
+                summary = ctx.train(model, mc, tc, batch, progress=False)
                 model.eval()
                 stats = evaluate(model, config, task, kind, ctx.device)
                 tail = summary.losses[-10:]

@@ -35,7 +35,6 @@ from ...generate.dialog import ChatBot, DialogueCollator, build_dialogue_lm_exam
 from ...models.config import ModelConfig
 from ...models.lm import CausalLM
 from ...tokenize.tokenizer import UnigramTokenizer
-from ...train.trainer import Trainer
 from ..base import Experiment, RunContext, register_experiment
 from ..claims import (
     INCONCLUSIVE,
@@ -150,9 +149,8 @@ def _train(cfg: DialogConfig, variant: str, tok: UnigramTokenizer, ctx: RunConte
     train_cfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, seq_len=cfg.maxlen, lr=cfg.lr,
                             warmup_steps=min(50, cfg.steps // 10), weight_decay=0.01,
                             log_every=max(1, cfg.steps))
-    trainer = Trainer(model, model_cfg, train_cfg, batch, device=ctx.device, progress=ctx.progress)
-    trainer.train()
-    return trainer.model.eval()
+    ctx.train(model, model_cfg, train_cfg, batch)
+    return model.eval()
 
 
 @torch.no_grad()

@@ -43,9 +43,7 @@ from ...data.corpora import load_corpus
 from ...losses import emo_ce_loss, emo_loss
 from ...models.config import ModelConfig
 from ...models.lm import CausalLM
-from ...train.trainer import Trainer
 from ..base import Experiment, RunContext, register_experiment
-from ..cache import trained_model
 from ..claims import Claim, Ordering, Results
 from ..figures import LinePlot, Series
 from ..report import markdown_table
@@ -246,9 +244,8 @@ class EMOvsCE(Experiment):
             return window_batch(train_tokens, pre.batch_size, pre.seq_len, seed=pre.seed,
                                 step=step, rows=rows), None
 
-        base, info = trained_model(config.model, pre, pre_batches, corpus_id=corpus.provenance,
-                                   cache_dir=ctx.cache_dir, device=ctx.device,
-                                   progress=ctx.progress, log=ctx.log)
+        base, info = ctx.trained_model(config.model, pre, pre_batches,
+                                       corpus_id=corpus.provenance)
         reference = _head(base)
         tc = config.train
         stream = int(torch.randint(0, 2**31 - 1, (1,), generator=ctx.generator))
@@ -279,8 +276,7 @@ class EMOvsCE(Experiment):
                 cfg = tc.replace(lr=config.scratch_lr)
             lm = lm.to(ctx.device)
             ctx.log(f"training {arm.label}")
-            summary = Trainer(_Objective(lm, arm.objective, _head(lm)), lm.config, cfg, batches,
-                              device=ctx.device, progress=ctx.progress).train()
+            summary = ctx.train(_Objective(lm, arm.objective, _head(lm)), lm.config, cfg, batches)
             curves[name] = summary.losses
             rows.append({"arm": name, "label": arm.label, "objective": arm.objective,
                          "start": arm.start, "steps": cfg.steps, **measure(lm)})

@@ -33,7 +33,6 @@ from ...models.config import ModelConfig
 from ...models.lm import CausalLM
 from ...models.presets import gau_alpha
 from ...nn.recompute import saved_activation_bytes
-from ...train.trainer import Trainer
 from ..base import Experiment, RunContext, register_experiment
 from ..claims import NOT_TESTED, AllOf, Claim, Ordering, Results, Verdict
 from ..figures import LinePlot, series_over
@@ -232,8 +231,7 @@ class GAUvsMHA(Experiment):
             params = sum(p.numel() for p in model.parameters())
             non_emb = params - model.embed_tokens.weight.numel()
             ctx.log(f"training {MODELS[key]} ({non_emb:,} non-embedding parameters)")
-            summary = Trainer(model, model.config, tc, batch_fn, device=ctx.device,
-                              progress=ctx.progress).train()
+            summary = ctx.train(model, model.config, tc, batch_fn)
             model.eval()
             curves[key] = loss_curve(summary.losses, tc.log_every)
             with torch.no_grad():

@@ -34,6 +34,7 @@ from ..train.distributed import DistInfo
 from ..train.trainer import BatchFn, TrainSummary
 from .claims import Claim, Results
 from .figures import LinePlot
+from .report import HtmlSection
 
 __all__ = ["EXPERIMENTS", "STANDARD_PRESETS", "Experiment", "RunContext", "register_experiment"]
 
@@ -166,6 +167,13 @@ class Experiment:
 
     def notes(self, results: Results) -> str:
         return ""
+
+    def html_sections(self, results: Results) -> list[HtmlSection]:
+        """Extra HTML for the report, e.g. a coloured heat map the Markdown cannot show: each
+        :class:`~formerlab.lab.report.HtmlSection` becomes a page of the run folder and a
+        section of ``report.html`` (stored in ``results.json``, so ``formerlab report`` keeps
+        it)."""
+        return []
 
     def report_title(self, config: Config, preset: str) -> str:
         return f"{self.title} ({preset} preset)"

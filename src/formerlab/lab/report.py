@@ -6,11 +6,17 @@ so ``formerlab report DIR`` regenerates ``table.md``, the PNGs and ``report.html
 re-running anything. Results are on disk before any figure is drawn: a missing matplotlib or a
 plotting error never loses a run. ``report.html`` shows the claims as a table above the numbers,
 embeds its figures as base64 and needs no network.
+
+An experiment may add HTML of its own (``Experiment.html_sections``, e.g. a coloured heat map the
+Markdown tables cannot show): each :class:`HtmlSection` is stored in ``results.json`` under
+``html_sections``, written as a self-contained page ``<name>.html`` in the run folder and embedded
+in ``report.html`` after the figures, with a link to that page.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import json
 import math
@@ -21,10 +27,45 @@ from typing import Any
 
 from .figures import LinePlot, render
 
-__all__ = ["HTML_NAME", "RESULTS_NAME", "TABLE_NAME", "claims_markdown", "load_results",
-           "markdown_table", "rebuild_report", "write_report"]
+__all__ = ["HTML_NAME", "RESULTS_NAME", "TABLE_NAME", "HtmlSection", "claims_markdown",
+           "load_results", "markdown_table", "rebuild_report", "write_report"]
 
 RESULTS_NAME, TABLE_NAME, HTML_NAME = "results.json", "table.md", "report.html"
+
+
+@dataclasses.dataclass
+class HtmlSection:
+    """Extra HTML an experiment contributes to its report.
+
+    Attributes:
+        name: File stem of the standalone page ``<name>.html`` written into the run folder
+            (letters, digits, ``_`` and ``-``; not ``report``, ``results`` or ``table``).
+        title: Plain-text heading (escaped here).
+        body: An HTML fragment, self-contained (no scripts, no external resources); the
+            experiment escapes every piece of text it puts in (``html.escape``).
+        style: CSS rules the fragment needs, added to both pages.
+    """
+
+    name: str
+    title: str
+    body: str
+    style: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9_-]+", self.name or "") or \
+                self.name in ("report", "results", "table"):
+            raise ValueError("HtmlSection name must be letters, digits, '_' or '-' and not "
+                             f"report/results/table, got {self.name!r}")
+
+    def to_dict(self) -> dict[str, str]:
+        return dataclasses.asdict(self)
+
+    def page(self) -> str:
+        """The section as a standalone HTML page."""
+        title = html.escape(self.title)
+        return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+                f"<style>{_CSS}\n{self.style}</style></head><body><h1>{title}</h1>\n"
+                f"{self.body}\n</body></html>\n")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -110,7 +151,16 @@ table.claims td{text-align:left}img{max-width:100%;border:1px solid #eee}
 code{background:#f5f5f5;padding:0 3px}.meta{font-size:12px;color:#555;white-space:pre-wrap}"""
 
 
+def _sections(data: dict[str, Any]) -> list[HtmlSection]:
+    return [HtmlSection(**d) for d in data.get("html_sections", [])]
+
+
 def _html(data: dict[str, Any], md: str, out_dir: Path) -> str:
+    sections = _sections(data)
+    extra = "".join(f"<section><h2>{html.escape(s.title)}</h2><p><a href='{s.name}.html'>"
+                    f"standalone page ({s.name}.html)</a></p>\n{s.body}</section>\n"
+                    for s in sections)
+    style = "\n".join(s.style for s in sections if s.style)
     figs = []
     for plot in data.get("plots", []):
         p = out_dir / f"{plot['name']}.png"
@@ -124,12 +174,13 @@ def _html(data: dict[str, Any], md: str, out_dir: Path) -> str:
     meta = html.escape(json.dumps(data.get("meta", {}), indent=1, default=str))
     title = html.escape(data["title"])
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_CSS}</style></head><body>{_md_to_html(md)}\n{''.join(figs)}\n"
-            f"<h3>Run metadata</h3><div class='meta'>{meta}</div></body></html>\n")
+            f"<style>{_CSS}\n{style}</style></head><body>{_md_to_html(md)}\n{''.join(figs)}\n"
+            f"{extra}<h3>Run metadata</h3><div class='meta'>{meta}</div></body></html>\n")
 
 
 def write_report(data: dict[str, Any], out_dir: Path) -> dict[str, Path]:
-    """Write ``results.json`` and ``table.md``, then the figures, then ``report.html``."""
+    """Write ``results.json`` and ``table.md``, then the figures, the pages of the experiment's
+    HTML sections and ``report.html``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results, table = out_dir / RESULTS_NAME, out_dir / TABLE_NAME
@@ -141,6 +192,10 @@ def write_report(data: dict[str, Any], out_dir: Path) -> dict[str, Path]:
     paths = {"results": results, "table": table}
     for p in render([LinePlot.from_dict(d) for d in data.get("plots", [])], out_dir):
         paths[p.stem] = p
+    for section in _sections(data):
+        page = out_dir / f"{section.name}.html"
+        page.write_text(section.page())
+        paths[section.name] = page
     (out_dir / HTML_NAME).write_text(_html(data, md, out_dir))
     paths["html"] = out_dir / HTML_NAME
     return paths

@@ -13,7 +13,14 @@ from formerlab.lab import EXPERIMENTS, Results
 from formerlab.lab.claims import INCONCLUSIVE, NOT_REPRODUCED, NOT_TESTED, REPRODUCED
 from formerlab.lab.experiments import _minilm
 from formerlab.lab.experiments._minilm import rank_correlation
-from formerlab.lab.experiments.integrated_gradients import ESTIMATORS, POST_STEPS, IGConfig
+from formerlab.lab.experiments.integrated_gradients import (
+    ESTIMATORS,
+    HEATMAP_NAME,
+    PAIRS,
+    POST_STEPS,
+    IGConfig,
+    heatmap_html,
+)
 
 NAME = "integrated-gradients"
 
@@ -121,3 +128,42 @@ def test_missing_weights_fail_with_the_install_command(monkeypatch):
     ids, tokens = tiny.tokenize("Return the sine of x.", 16)
     assert ids[0] == 1 and ids[-1] == 2 and tokens[1:-1] == ["return", "the", "sine", "of", "x",
                                                              "."]
+
+
+@pytest.mark.slow
+def test_heatmap_page_after_a_micro_run(micro_run):
+    """ig_heatmap.html in the run folder: every token of the first pair, the completeness gap,
+    no script; embedded in report.html with a link; rebuilt from results.json alone."""
+    import html
+
+    from formerlab.lab import rebuild_report
+
+    data, paths = micro_run(NAME)
+    page = paths[HEATMAP_NAME]
+    assert page.name == "ig_heatmap.html" and page.parent == paths["html"].parent
+    text = page.read_text()
+    first = [t for t in data["extras"]["0"]["tokens"] if t["pair"] == 0]
+    assert first
+    for t in first:
+        for tok in t["tokens"]:
+            assert f">{html.escape(tok)}</span>" in text, tok
+    assert PAIRS[0][1] in text  # the fixed second sentence (micro attributes side a only)
+    assert "completeness gap" in text and "<script" not in text.lower()
+    report = paths["html"].read_text()
+    assert "href='ig_heatmap.html'" in report and "class='ig-tok'" in report
+    page.unlink()
+    assert rebuild_report(page.parent)[HEATMAP_NAME].read_text() == text
+
+
+def test_heatmap_escapes_the_text_and_colours_by_sign():
+    table = {"pair": 0, "side": "a", "text": "x < y <script>", "other": "b < c & d",
+             "tokens": ["[CLS]", "<script>", "a&b", "[SEP]"], "share": [0.0, 0.2, -0.1, 0.0],
+             "textbook_l2": [0.0, 1.0, 0.0, 0.0], "demo_l2": [0.0, 1.0, 0.0, 0.0],
+             "delta_f": 0.1, "f_input": 0.5, "f_baseline": 0.4}
+    row = {"kind": "pair", "pair": 0, "side": "a", "method": "su_sum", "steps": POST_STEPS,
+           "attr_sum": 0.1, "gap": 0.0, "rel_gap": 0.0}
+    out = heatmap_html([table], [row])
+    assert "<script" not in out and ">&lt;script&gt;</span>" in out and ">a&amp;b</span>" in out
+    assert "b &lt; c &amp; d (held fixed" in out  # sentence b, not attributed here
+    assert "rgba(214,39,40,0.850)" in out and "rgba(31,119,180,0.425)" in out
+    assert "completeness gap +0.0000 = 0.00%" in out

@@ -20,13 +20,16 @@ Estimators of the path integral, each measured by its completeness gap
 
 Token importances (the post's display: L2 norm over the hidden size, min–max normalised,
 [CLS]/[SEP] dropped) of the formula and of the demo are compared by rank correlation, and shown
-per token with the signed share of ``F(x) − F(x̄)`` each token carries. Everything is
-deterministic: every seed repeats the same numbers.
+per token with the signed share of ``F(x) − F(x̄)`` each token carries — as text bars in the
+notes and as a coloured heat map (:func:`heatmap_html`), written to ``ig_heatmap.html`` in the run
+folder and embedded in ``report.html``. Everything is deterministic: every seed repeats the same
+numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import statistics
 from typing import Any
 
@@ -38,10 +41,11 @@ from ...config import Config
 from ..base import Experiment, RunContext, register_experiment
 from ..claims import Claim, Ordering, Results, Threshold, Trend
 from ..figures import LinePlot, Series
-from ..report import markdown_table
+from ..report import HtmlSection, markdown_table
 from ._minilm import ENCODERS, MINILM_KIND, TextEncoder, rank_correlation, text_encoder
 
-__all__ = ["ESTIMATORS", "PAIRS", "POST_STEPS", "IGConfig", "IntegratedGradientsExperiment"]
+__all__ = ["ESTIMATORS", "HEATMAP_NAME", "PAIRS", "POST_STEPS", "IGConfig",
+           "IntegratedGradientsExperiment", "heatmap_html"]
 
 POST = "https://kexue.fm/archives/7533"
 #: the demo's number of points (α = i/19, i = 0 … 19)
@@ -184,6 +188,85 @@ def _bar(score: float, width: int = 8) -> str:
     return "█" * full + "·" * (width - full)
 
 
+#: the heat map's page in the run folder (``ig_heatmap.html``)
+HEATMAP_NAME = "ig_heatmap"
+_HEATMAP_CSS = """.ig-pair{margin:1em 0;padding:.2em 1em;border:1px solid #ddd}
+.ig-tokens{line-height:2.3;font-size:16px}.ig-tok{padding:2px 3px;margin:0 1px;border-radius:3px;
+border:1px solid #eee}.ig-stats{font-size:13px;color:#444}.ig-fixed{color:#666}"""
+
+
+def _colour(share: float, scale: float) -> str:
+    """Red for a positive share of ΔF, blue for a negative one, opacity ``|share| / scale``."""
+    x = max(-1.0, min(1.0, share / scale)) if scale > 0 else 0.0
+    rgb = "214,39,40" if x >= 0 else "31,119,180"
+    return f"rgba({rgb},{abs(x) * 0.85:.3f})"
+
+
+def _gap_row(rows: list[dict], pair: int, side: str) -> dict | None:
+    """The row whose attributions give the shares: Su's sum at 20 points, else the demo grid."""
+    for est in ("su_sum", "demo_grid"):
+        for r in rows:
+            if (r.get("pair"), r.get("side"), r["method"], r["steps"]) == \
+                    (pair, side, est, POST_STEPS):
+                return r
+    return None
+
+
+def _sentence_html(t: dict, gap: dict | None) -> str:
+    scale = max((abs(v) for v in t["share"]), default=0.0)
+    spans = []
+    for tok, share, l2, demo in zip(t["tokens"], t["share"], t["textbook_l2"], t["demo_l2"]):
+        tip = html.escape(f"{tok}: share of ΔF {share:+.4f}; formula {l2:.2f}; demo {demo:.2f}",
+                          quote=True)
+        spans.append(f"<span class='ig-tok' style='background:{_colour(share, scale)}' "
+                     f"title='{tip}'>{html.escape(tok)}</span>")
+    stats = (f"F(x) = cos {t['f_input']:.4f}, F(x̄) = {t['f_baseline']:.4f}, "
+             f"ΔF = {t['delta_f']:+.4f}")
+    if gap is not None:
+        stats += (f"; Σ IG = {gap['attr_sum']:+.4f} ({ESTIMATORS[gap['method']][0]}, "
+                  f"{gap['steps']} points): completeness gap {gap['gap']:+.4f} = "
+                  f"{100 * gap['rel_gap']:.2f}% of |ΔF|")
+    return (f"<div class='ig-tokens'>{' '.join(spans)}</div>"
+            f"<p class='ig-stats'>{html.escape(stats)}</p>")
+
+
+def heatmap_html(tables: list[dict], rows: list[dict]) -> str:
+    """The token attributions of every pair as an HTML fragment (no scripts, text escaped).
+
+    Per pair, both sentences: an attributed one has its tokens coloured by their signed share
+    of ``F(x) − F(x̄)`` (red raises the similarity, blue lowers it; the strength is relative to
+    the sentence's largest ``|share|``; hovering shows the numbers), with ``F(x)``, ``F(x̄)``,
+    ``Σ IG`` and the completeness gap; a sentence the run did not attribute is shown plain.
+
+    Args:
+        tables: The run's per-sentence token tables (``extras[seed]["tokens"]``).
+        rows: The ``kind == "pair"`` rows of the same seed (for ``Σ IG`` and the gap).
+    """
+    by_pair: dict[int, dict[str, dict]] = {}
+    for t in tables:
+        by_pair.setdefault(t["pair"], {})[t["side"]] = t
+    parts = ["<p>Each token's signed share of F(x) − F(x̄) (integrated gradients of its "
+             "embedding, summed over the hidden size; the shares add up to Σ IG): "
+             "<span class='ig-tok' style='background:rgba(214,39,40,0.6)'>raises</span> or "
+             "<span class='ig-tok' style='background:rgba(31,119,180,0.6)'>lowers</span> the "
+             "similarity, strength relative to the sentence's largest share. Hover a token for "
+             "its share and the post's display scores (formula, demo).</p>"]
+    for p, sides in by_pair.items():
+        any_t = next(iter(sides.values()))
+        first, second = ((any_t["text"], any_t["other"]) if any_t["side"] == "a"
+                         else (any_t["other"], any_t["text"]))
+        block = [f"<div class='ig-pair'><h3>Pair {p}</h3>"]
+        for side, sentence in (("a", first), ("b", second)):
+            block.append(f"<p><b>Sentence {side}</b></p>")
+            if side in sides:
+                block.append(_sentence_html(sides[side], _gap_row(rows, p, side)))
+            else:
+                block.append(f"<p class='ig-fixed'>{html.escape(sentence)} (held fixed, not "
+                             "attributed in this run)</p>")
+        parts.append("\n".join(block) + "</div>")
+    return "\n".join(parts)
+
+
 @register_experiment
 class IntegratedGradientsExperiment(Experiment):
     """Completeness of integrated gradients on MiniLM, the post's sum vs the demo's weighting."""
@@ -316,7 +399,8 @@ class IntegratedGradientsExperiment(Experiment):
         parts = ["Per-token attributions (first seed). *share*: the token's signed part of "
                  "F(x) − F(x̄) (Su's sum, 20 points; the shares add up to ΔF); *formula* and "
                  "*demo*: the post's display score (L2 norm over the hidden size, min–max over "
-                 "the sentence, [CLS]/[SEP] dropped), with a bar as a text heat map."]
+                 "the sentence, [CLS]/[SEP] dropped), with a bar as a text heat map; the "
+                 f"coloured heat map is in {HEATMAP_NAME}.html (and at the end of report.html)."]
         for t in tables:
             body = [[tok, f"{s:+.4f}", f"{a:.2f} {_bar(a)}", f"{d:.2f} {_bar(d)}"]
                     for tok, s, a, d in zip(t["tokens"], t["share"], t["textbook_l2"], t["demo_l2"])]
@@ -325,6 +409,15 @@ class IntegratedGradientsExperiment(Experiment):
                          f"correlation formula/demo {t['rank_corr']:.2f})\n\n"
                          + markdown_table(["token", "share of ΔF", "formula", "demo"], body))
         return "\n\n".join(parts)
+
+    def html_sections(self, results: Results) -> list[HtmlSection]:
+        seed = results.seeds[0]
+        tables = results.extras.get(seed, {}).get("tokens", [])
+        if not tables:
+            return []
+        body = heatmap_html(tables, results.select(kind="pair", seed=seed))
+        return [HtmlSection(HEATMAP_NAME, "Token attributions: heat map (first seed)", body,
+                            _HEATMAP_CSS)]
 
     def report_title(self, config: IGConfig, preset: str) -> str:
         return (f"Integrated gradients on MiniLM: {config.pairs} sentence pairs ({preset} "

@@ -254,10 +254,29 @@ def test_token_scores_on_known_arrays():
 
 
 # ---------------------------------------------------------------------------------- bad input
+class _SumOfEmbeddings(nn.Module):
+    """``inputs_embeds -> (batch, hidden)``: the smallest model embedding_ig accepts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(3, 2)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embed
+
+    def forward(self, input_ids=None, inputs_embeds=None):
+        return (self.embed(input_ids) if inputs_embeds is None else inputs_embeds).sum(1)
+
+
 def test_bad_input_names_the_argument():
     x = torch.ones(2, 3)
-    with pytest.raises(TypeError, match="forward_func must return a tensor"):
+    with pytest.raises(ValueError, match="forward_func must return a tensor .*got float"):
         IntegratedGradients(lambda z: z.sum().item()).attribute(x)
+    with pytest.raises(ValueError, match="forward_func must return a tensor .*got tuple"):
+        IntegratedGradients(lambda z: (z.sum(-1),)).attribute(x)
+    with pytest.raises(ValueError, match="output_fn must return a tensor, got dict"):
+        embedding_ig(_SumOfEmbeddings(), torch.zeros(1, 2, dtype=torch.long),
+                     output_fn=lambda out: {"logits": out})
     with pytest.raises(TypeError, match="forward_func must be callable"):
         IntegratedGradients(3)
     ig = IntegratedGradients(lambda z: z.sum(-1))

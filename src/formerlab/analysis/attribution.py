@@ -135,7 +135,8 @@ def _repeat(arg: Any, steps: int) -> Any:
 def _select(output: Any, target: Any, batch: int, name: str = "forward_func") -> Tensor:
     """One scalar per example from ``output`` (captum's target conventions)."""
     if not isinstance(output, Tensor):
-        raise TypeError(f"{name} must return a tensor, got {type(output).__name__}")
+        raise ValueError(f"{name} must return a tensor (one row per example), got "
+                         f"{type(output).__name__}")
     if output.dim() == 0 or output.shape[0] != batch:
         raise ValueError(f"{name} must return one row per example ({batch}), got shape "
                          f"{tuple(output.shape)}")
@@ -386,7 +387,7 @@ def embedding_ig(
     def head(out: Any) -> Tensor:
         logits = read(out)
         if not isinstance(logits, Tensor):
-            raise TypeError(f"output_fn must return a tensor, got {type(logits).__name__}")
+            raise ValueError(f"output_fn must return a tensor, got {type(logits).__name__}")
         return torch.softmax(logits, -1) if softmax else logits
 
     hook = _ReplaceOutput()

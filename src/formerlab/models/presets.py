@@ -50,15 +50,15 @@ def _pick(table: dict[str, dict[str, Any]], size: str, name: str) -> dict[str, A
     return dict(table[size])
 
 
-_GAU_OPTIONS = ("expansion", "key_size", "activation", "use_bias")
+_GAU_OPTIONS = ("expansion", "key_size", "activation", "use_bias", "split_values")
 
 
 @PRESETS.register("gau_alpha")
 def gau_alpha(**overrides: Any) -> ModelConfig:
     """The GAU-α configuration (``chinese_GAU-alpha-char_L-24_H-768``) with ``overrides``.
 
-    ``expansion``, ``key_size``, ``activation`` and ``use_bias`` go to the ``gau`` mixer's
-    options; every other key is a :class:`~formerlab.models.ModelConfig` key (flat Hugging
+    ``expansion``, ``key_size``, ``activation``, ``use_bias`` and ``split_values`` go to the
+    ``gau`` mixer's options; every other key is a :class:`~formerlab.models.ModelConfig` key (flat Hugging
     Face keys such as ``rope_theta`` or ``normalization`` included).
     """
     options = {"expansion": 1536, "key_size": 128}

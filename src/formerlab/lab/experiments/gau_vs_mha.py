@@ -4,7 +4,8 @@ GAU-α (kexue.fm/archives/9052; FLASH, arXiv 2202.10447, kexue.fm/archives/8934)
 "Attention + FFN" pair by two Gated Attention Units and reports a model that matches or beats
 RoFormerV2 in quality while being faster and leaner, especially beyond length 512. Here a
 byte-level causal LM with ``L`` Pre-Norm MHA + SwiGLU blocks is compared with a GAU-α LM
-(:func:`~formerlab.models.presets.gau_alpha`, ``softmax_plus``) with ``2L`` units whose expansion
+(:func:`~formerlab.models.presets.gau_alpha`, ``softmax_plus``, attention through the fused kernel
+with ``split_values``) with ``2L`` units whose expansion
 ``e`` makes both stacks the same size (``2·(3ed + sd + 2s) ≈ 4d² + 3d·f``). Both see the same
 data stream; then the time of a training step (forward + backward, interleaved between the two
 models, best of ``speed_repeats``; the ratios use process CPU time on CPU, wall time on GPUs) and
@@ -70,7 +71,10 @@ class GAUvsMHAConfig(Config):
     """``mha``: the ``L``-block baseline (the GAU model gets ``2L`` units of the same width);
     ``key_size``: the GAU's ``s``; training; validation batches; the speed-test lengths, batch
     and repeats; ``quality_margin``: the smallest validation-loss difference (nats/byte) that
-    counts for this preset (about its measured seed-to-seed spread)."""
+    counts for this preset (about its measured seed-to-seed spread); ``split_values``: GAU's
+    attention through the fused SDPA kernel, its ``e``-wide values served as key-width heads
+    (exactly the same output; PyTorch's CPU flash kernel otherwise falls back to the math
+    kernel for GAU, so this is the equal-terms comparison with MHA's fused kernel)."""
 
     mha: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     key_size: int = 32
@@ -80,6 +84,7 @@ class GAUvsMHAConfig(Config):
     speed_batch: int = 4
     speed_repeats: int = 3
     quality_margin: float = QUICK_QUALITY_MARGIN
+    split_values: bool = True
 
     def validate(self) -> None:
         for name in ("key_size", "eval_batches", "speed_batch", "speed_repeats"):
@@ -132,7 +137,8 @@ def build_models(cfg: GAUvsMHAConfig, generator: torch.Generator | None = None
         vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_layers=2 * m.num_layers,
         expansion=e, key_size=cfg.key_size, normalization="softmax_plus", norm_position="pre",
         norm_affine=True, embed_norm=False, norm_eps=1e-6, dropout=0.0, attention_dropout=0.0,
-        type_vocab_size=0, max_position_embeddings=m.max_position_embeddings))
+        type_vocab_size=0, max_position_embeddings=m.max_position_embeddings,
+        split_values=cfg.split_values))
     for model in (mha, gau):
         model.reset_parameters(generator)
     return {"mha": mha, "gau": gau}

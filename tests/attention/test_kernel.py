@@ -126,10 +126,24 @@ def test_wide_values_through_the_fused_kernel_equal_the_explicit_path(causal, he
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, heads, 9, 8, dtype=torch.float64, generator=g)
     k = torch.randn(2, heads, 9, 8, dtype=torch.float64, generator=g)
-    v = torch.randn(2, heads, 9, 32, dtype=torch.float64, generator=g)
     mask = torch.rand(2, 1, 9, 9, generator=g) > 0.3
     mask |= torch.eye(9, dtype=torch.bool)
-    for m in (None, mask):
-        fast = scaled_dot_product(q, k, v, mask=m, is_causal=causal, split_values=True)
-        ref, _ = scaled_dot_product(q, k, v, mask=m, is_causal=causal, return_weights=True)
-        torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+    for width in (32, 30):  # a multiple of the key width, and one completed by zero columns
+        v = torch.randn(2, heads, 9, width, dtype=torch.float64, generator=g)
+        for m in (None, mask):
+            fast = scaled_dot_product(q, k, v, mask=m, is_causal=causal, split_values=True)
+            ref, _ = scaled_dot_product(q, k, v, mask=m, is_causal=causal, return_weights=True)
+            torch.testing.assert_close(fast, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("width", [32, 30])
+def test_wide_values_never_fall_back_to_the_math_kernel(width):
+    from torch.profiler import ProfilerActivity, profile
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 2, 64, 8, generator=g) for _ in range(2))
+    v = torch.randn(1, 2, 64, width, generator=g)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        scaled_dot_product(q, k, v, is_causal=True, split_values=True)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_attention_math" not in ops, sorted(ops)

@@ -68,22 +68,24 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, groups: int, *, attn_mask: Tensor | N
 
     PyTorch's CPU flash kernel needs the value width to equal the query width; otherwise it falls
     back to the math kernel, which materialises every score matrix (GAU: ``e = 2d`` values on
-    ``s = d/6`` keys). When ``dv = c·d``, the values are cut into ``c`` chunks of width ``d``
-    served as ``c`` heads that share the query and key: ``A·[v₁ … v_c] = [A·v₁ … A·v_c]``, exactly
+    ``s = d/6`` keys). The values are cut into ``c = ⌈dv/d⌉`` chunks of width ``d`` (the last one
+    completed by zero columns whose outputs are dropped) served as ``c`` heads that share the query and key: ``A·[v₁ … v_c] = [A·v₁ … A·v_c]``, exactly
     the same output through the fused kernel (the scores are recomputed per chunk, in tiles that
-    are never stored: memory O(n) instead of O(n²), at twice the score FLOPs and a recomputing
-    backward; ``benchmarks/bench_gau.py`` measures both). Not with dropout, whose mask must be
+    are never stored: memory O(n) instead of O(n²), at ``c`` times the score FLOPs and a
+    recomputing backward; ``benchmarks/bench_gau.py`` measures both). Not with dropout, whose mask must be
     shared by the chunks.
     """
     d, dv = q.shape[-1], v.shape[-1]
-    if not split_values or dv == d or dv % d or dropout_p > 0.0:
+    if not split_values or dv <= d or dropout_p > 0.0:
         kw: dict[str, Any] = {"attn_mask": attn_mask, "dropout_p": dropout_p,
                               "is_causal": is_causal, "scale": scale}
         if groups > 1 and _SDPA_GQA:
             return F.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kw)
         return F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), **kw)
     k, v = repeat_kv(k, groups), repeat_kv(v, groups)
-    c = dv // d
+    c = -(-dv // d)
+    if c * d != dv:  # zero columns complete the last chunk; their outputs are dropped
+        v = F.pad(v, (0, c * d - dv))
     b, h, nq, nk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
     qc = q[:, :, None].expand(b, h, c, nq, d).reshape(b, h * c, nq, d)
     kc = k[:, :, None].expand(k.shape[0], h, c, nk, d).reshape(k.shape[0], h * c, nk, d)
@@ -92,7 +94,7 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, groups: int, *, attn_mask: Tensor | N
     if mc is not None and mc.dim() == 4 and mc.shape[1] == h and h > 1:
         mc = mc.repeat_interleave(c, dim=1)
     out = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mc, is_causal=is_causal, scale=scale)
-    return out.reshape(b, h, c, nq, d).transpose(2, 3).reshape(b, h, nq, dv)
+    return out.reshape(b, h, c, nq, d).transpose(2, 3).reshape(b, h, nq, c * d)[..., :dv]
 
 
 def scaled_dot_product(

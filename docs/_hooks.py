@@ -89,8 +89,100 @@ def _lab(name: str) -> str:
     return "\n".join(lines)
 
 
+def chat_example() -> str:
+    """The chat example's answer and time, from the stored generate benchmark."""
+    path = RESULTS / "bench_generate.json"
+    chat = json.loads(path.read_text()).get("chat") if path.is_file() else None
+    if not chat:
+        return "_No stored run of the chat example yet (`python benchmarks/bench_generate.py`)._"
+    when = json.loads(path.read_text()).get("machine", {}).get("date", "")
+    return (f"Measured by `benchmarks/bench_generate.py` ({when}, float32, "
+            f"{chat['new_tokens']} tokens in {chat['seconds']:.1f} s):\n\n```text\n"
+            f"{chat['answer'].strip()}\n```")
+
+
+def chat_time() -> str:
+    path = RESULTS / "bench_generate.json"
+    chat = json.loads(path.read_text()).get("chat") if path.is_file() else None
+    if not chat:
+        return "not measured yet"
+    return f"{chat['seconds']:.1f} s ({chat['new_tokens']} tokens, float32)"
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
+    markdown = markdown.replace("<!-- generated: chat-example -->", chat_example())
     markdown = markdown.replace("<!-- generated: benchmarks -->", _benchmarks())
     markdown = re.sub(r"<!-- generated: benchmark ([A-Za-z0-9_]+) -->",
                       lambda m: _one_benchmark(m.group(1)), markdown)
     return re.sub(r"<!-- generated: lab ([a-z0-9-]+) -->", lambda m: _lab(m.group(1)), markdown)
+
+
+# -- the README's measured parts ------------------------------------------------------------------
+#
+# The README is not built by mkdocs, so its numbers are written into it by
+# ``python docs/_hooks.py readme`` from the same stored files, between ``<!-- NAME -->`` and
+# ``<!-- /NAME -->``; a test checks that what is there is what the files say.
+
+README = ROOT / "README.md"
+HEADLINE_RUN = RESULTS / "lab" / "extrapolation-quick" / "results.json"
+FRESH_CLONE = RESULTS / "fresh_clone.json"
+
+
+def headline_table() -> str:
+    """The main table of the stored extrapolation quick run (its caption and rows)."""
+    if not HEADLINE_RUN.is_file():
+        return "_No stored run yet (`formerlab lab run extrapolation --preset quick --seeds 3`)._"
+    data = json.loads(HEADLINE_RUN.read_text())
+    table = data.get("table_md", "").strip()
+    # the caption and the first table; footnotes and further tables stay on the lab page
+    keep, seen_table = [], False
+    for line in table.splitlines():
+        if line.startswith("|"):
+            seen_table = True
+        elif seen_table:
+            break
+        keep.append(line)
+    verdicts = [f"{c['status']}" for c in data.get("claims", [])]
+    counts = {s: verdicts.count(s) for s in dict.fromkeys(verdicts)}
+    summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+    return "\n".join(keep).strip() + (f"\n\nClaims checked on this run: {summary}." if summary else "")
+
+
+def fresh_times() -> str:
+    """The measured fresh-clone times of ``make test`` and ``make demo`` (empty pip cache)."""
+    if not FRESH_CLONE.is_file():
+        return "not measured yet"
+    d = json.loads(FRESH_CLONE.read_text())
+    return (f"`make test` took {d['make_test_seconds'] / 60:.0f} min and `make demo` "
+            f"{d['make_demo_seconds'] / 60:.0f} min ({d['date']}, {d['machine']})")
+
+
+README_PARTS = {"fresh-times": fresh_times, "headline-table": headline_table,
+                "chat-time": chat_time}
+
+
+def readme_part(name: str, text: str | None = None) -> str | None:
+    """The text between ``<!-- name -->`` and ``<!-- /name -->`` in ``text`` (the README)."""
+    text = README.read_text() if text is None else text
+    m = re.search(rf"<!-- {name} -->(.*?)<!-- /{name} -->", text, re.S)
+    return None if m is None else m.group(1).strip()
+
+
+def write_readme() -> None:
+    """Fill every measured part of the README from the stored result files."""
+    text = README.read_text()
+    for name, make in README_PARTS.items():
+        body = make()
+        sep = "\n\n" if "\n" in body else ""
+        text = re.sub(rf"<!-- {name} -->(?:.*?<!-- /{name} -->)?",
+                      lambda _m, n=name, b=body, s=sep: f"<!-- {n} -->{s}{b}{s}<!-- /{n} -->",
+                      text, count=1, flags=re.S)
+    README.write_text(text)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["readme"]:
+        raise SystemExit("usage: python docs/_hooks.py readme")
+    write_readme()

@@ -47,3 +47,38 @@ def _registries() -> dict[Registry, tuple[dict, dict, dict]]:
                 if isinstance(value, Registry):
                     regs[value] = (dict(value._items), dict(value._aliases), dict(value._meta))
     return regs
+
+
+def test_readme_numbers_are_the_stored_ones():
+    """The README's measured parts equal what ``python docs/_hooks.py readme`` writes from the
+    stored result files (the headline lab table, the fresh-clone times)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_docs_hooks", ROOT / "docs" / "_hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    for name, make in hooks.README_PARTS.items():
+        assert hooks.readme_part(name) == make().strip(), (
+            f"README part {name!r} differs from the stored results: run "
+            "`python docs/_hooks.py readme`")
+
+
+def test_architecture_page_lists_every_registry():
+    """Every public registry of the package has its row in the architecture page's table."""
+    import importlib
+    import pkgutil
+
+    import formerlab
+    from formerlab.registry import Registry
+
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    missing = []
+    for info in pkgutil.walk_packages(formerlab.__path__, "formerlab."):
+        if info.name.startswith(("formerlab.lab.experiments.", "formerlab.__main__")):
+            continue
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, Registry) and not name.startswith("_") and (
+                    f"| `{name}` |" not in page):
+                missing.append(f"{info.name}.{name}")
+    assert not missing, f"registries missing from docs/architecture.md: {sorted(set(missing))}"

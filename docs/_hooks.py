@@ -153,8 +153,9 @@ def fresh_times() -> str:
     if not FRESH_CLONE.is_file():
         return "not measured yet"
     d = json.loads(FRESH_CLONE.read_text())
-    return (f"`make test` took {d['make_test_seconds'] / 60:.0f} min and `make demo` "
-            f"{d['make_demo_seconds'] / 60:.0f} min ({d['date']}, {d['machine']})")
+    return (f"`make test` took {d['make_test_seconds'] / 60:.0f} min ({d['make_test_tests']}) "
+            f"and `make demo` {d['make_demo_seconds'] / 60:.0f} min ({d['make_demo_detail']}); "
+            f"measured {d['date']} on {d['machine']}")
 
 
 README_PARTS = {"fresh-times": fresh_times, "headline-table": headline_table,

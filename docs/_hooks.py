@@ -89,21 +89,25 @@ def _lab(name: str) -> str:
     return "\n".join(lines)
 
 
+def _generate_run() -> tuple[dict[str, Any] | None, str]:
+    """The stored generate benchmark's chat example and the date it was measured."""
+    path = RESULTS / "bench_generate.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return data.get("chat"), data.get("machine", {}).get("date", "")
+
+
 def chat_example() -> str:
     """The chat example's answer and time, from the stored generate benchmark."""
-    path = RESULTS / "bench_generate.json"
-    chat = json.loads(path.read_text()).get("chat") if path.is_file() else None
+    chat, when = _generate_run()
     if not chat:
         return "_No stored run of the chat example yet (`python benchmarks/bench_generate.py`)._"
-    when = json.loads(path.read_text()).get("machine", {}).get("date", "")
     return (f"Measured by `benchmarks/bench_generate.py` ({when}, float32, "
             f"{chat['new_tokens']} tokens in {chat['seconds']:.1f} s):\n\n```text\n"
             f"{chat['answer'].strip()}\n```")
 
 
 def chat_time() -> str:
-    path = RESULTS / "bench_generate.json"
-    chat = json.loads(path.read_text()).get("chat") if path.is_file() else None
+    chat, _ = _generate_run()
     if not chat:
         return "not measured yet"
     return f"{chat['seconds']:.1f} s ({chat['new_tokens']} tokens, float32)"

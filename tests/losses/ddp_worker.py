@@ -13,6 +13,7 @@ from torch import nn
 
 from formerlab.losses import ContrastiveAccumulator, info_nce
 from formerlab.quantize import VectorQuantizer
+from formerlab.train.distributed import shutdown_distributed
 
 
 def build():
@@ -41,7 +42,8 @@ def main() -> None:
     if rank == 0:
         torch.save({"grads": [p.grad for p in model.parameters()], "loss": loss,
                     "codebook": vq.codebook.clone()}, sys.argv[1])
-    dist.destroy_process_group()
+    del ddp
+    shutdown_distributed()
 
 
 if __name__ == "__main__":

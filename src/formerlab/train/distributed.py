@@ -57,5 +57,12 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def shutdown_distributed() -> None:
+    """Leave the process group: every rank waits at a barrier first.
+
+    Without the barrier a rank that finishes early tears down its gloo connections while a peer
+    is still writing results; the peer's transport thread then aborts the process
+    ("terminate called without an active exception") and torchrun reports a failure.
+    """
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

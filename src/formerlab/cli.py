@@ -41,7 +41,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .data.corpora import load_corpus
     from .models.config import ModelConfig
     from .models.lm import CausalLM
-    from .train.distributed import init_distributed, resolve_device, shutdown_distributed
+    from .train.distributed import distributed_session, resolve_device
     from .train.presets import train_preset
     from .train.trainer import Trainer
 
@@ -55,28 +55,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _apply_sets(model_d, train_d, args.set or [])
     mc, tc = ModelConfig.from_dict(model_d), TrainConfig.from_dict(train_d)
     device = resolve_device(args.device)
-    info = init_distributed(device)
-    if info.enabled and device.type == "cuda":
+    with distributed_session(device) as info:
+        if info.enabled and device.type == "cuda":
+            import torch
+
+            device = torch.device("cuda", info.local_rank)
+        corpus = load_corpus(args.corpus)
+        tokens = corpus.tokens("train")
+
+        def batch_fn(step: int, rows: slice):
+            return window_batch(tokens, tc.batch_size, tc.seq_len, seed=tc.seed, step=step,
+                                rows=rows), None
+
         import torch
 
-        device = torch.device("cuda", info.local_rank)
-    corpus = load_corpus(args.corpus)
-    tokens = corpus.tokens("train")
-
-    def batch_fn(step: int, rows: slice):
-        return window_batch(tokens, tc.batch_size, tc.seq_len, seed=tc.seed, step=step,
-                            rows=rows), None
-
-    import torch
-
-    torch.manual_seed(tc.seed)
-    model = CausalLM(mc)
-    trainer = Trainer(model, mc, tc, batch_fn, out_dir=args.out, device=device,
-                      progress=not args.no_progress, dist_info=info)
-    try:
+        torch.manual_seed(tc.seed)
+        model = CausalLM(mc)
+        trainer = Trainer(model, mc, tc, batch_fn, out_dir=args.out, device=device,
+                          progress=not args.no_progress, dist_info=info)
         summary = trainer.train(resume=args.resume)
-    finally:
-        shutdown_distributed()
     if info.is_main:
         print(json.dumps({"out": str(args.out), "steps": summary.steps,
                           "final_loss": round(summary.final_loss, 5),
@@ -140,17 +137,15 @@ def _cmd_lab_list(args: argparse.Namespace) -> int:
 def _cmd_lab_run(args: argparse.Namespace) -> int:
     from .lab import run_experiment
     from .lab.report import claims_markdown
-    from .train.distributed import init_distributed, resolve_device, shutdown_distributed
+    from .train.distributed import distributed_session, resolve_device
 
-    info = init_distributed(resolve_device(args.device))  # one process unless under torchrun
-    try:
+    # one process unless under torchrun
+    with distributed_session(resolve_device(args.device)) as info:
         data, paths = run_experiment(
             args.name, preset=args.preset, seeds=args.seeds, seed=args.seed, out_dir=args.out,
             device=args.device, progress=not args.no_progress, cache_dir=args.cache_dir,
             corpus=args.corpus, dist_info=info, parallel=args.parallel,
         )
-    finally:
-        shutdown_distributed()
     if info.is_main:
         print(f"\n# {data['title']}\n\n{claims_markdown(data['claims'])}\n\n"
               f"{data['table_md']}\n")

@@ -8,12 +8,11 @@ Rank 0 writes the gradients, the loss and the codebook to ``argv[1]``.
 import sys
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from formerlab.losses import ContrastiveAccumulator, info_nce
 from formerlab.quantize import VectorQuantizer
-from formerlab.train.distributed import shutdown_distributed
+from formerlab.train.distributed import distributed_session
 
 
 def build():
@@ -31,19 +30,18 @@ def loss_fn(h):
 
 
 def main() -> None:
-    dist.init_process_group("gloo")
-    rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(1)
-    model, x, vq, z = build()
-    ddp = nn.parallel.DistributedDataParallel(model)
-    local = x.chunk(world)[rank]  # 5 rows each: chunks of 3 and 2
-    loss = ContrastiveAccumulator(ddp, loss_fn, 3).step(local)
-    vq(z.chunk(world)[rank])
-    if rank == 0:
-        torch.save({"grads": [p.grad for p in model.parameters()], "loss": loss,
-                    "codebook": vq.codebook.clone()}, sys.argv[1])
-    del ddp
-    shutdown_distributed()
+    with distributed_session(torch.device("cpu")) as info:
+        rank, world = info.rank, info.world_size
+        model, x, vq, z = build()
+        ddp = nn.parallel.DistributedDataParallel(model)
+        local = x.chunk(world)[rank]  # 5 rows each: chunks of 3 and 2
+        loss = ContrastiveAccumulator(ddp, loss_fn, 3).step(local)
+        vq(z.chunk(world)[rank])
+        if rank == 0:
+            torch.save({"grads": [p.grad for p in model.parameters()], "loss": loss,
+                        "codebook": vq.codebook.clone()}, sys.argv[1])
+        del ddp
 
 
 if __name__ == "__main__":

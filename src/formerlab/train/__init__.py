@@ -1,7 +1,13 @@
 """Trainer, atomic checkpoints, DDP through torchrun, LR schedules, evaluation, self-pretraining."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .distributed import DistInfo, init_distributed, resolve_device, shutdown_distributed
+from .distributed import (
+    DistInfo,
+    distributed_session,
+    init_distributed,
+    resolve_device,
+    shutdown_distributed,
+)
 from .eval import evaluate_tokens, last_n_loss
 from .pretrain import (
     FitResult,
@@ -31,6 +37,7 @@ __all__ = [
     "resolve_device",
     "save_checkpoint",
     "self_pretrain",
+    "distributed_session",
     "shutdown_distributed",
     "train_classifier",
     "transfer_backbone",

@@ -8,13 +8,17 @@ update as one process with the same global batch.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "resolve_device", "shutdown_distributed"]
+__all__ = [
+    "DistInfo", "distributed_session", "init_distributed", "resolve_device", "shutdown_distributed",
+]
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -56,13 +60,30 @@ def init_distributed(device: torch.device) -> DistInfo:
     return info
 
 
-def shutdown_distributed() -> None:
-    """Leave the process group: every rank waits at a barrier first.
+def shutdown_distributed(wait: bool = True) -> None:
+    """Leave the process group; with ``wait`` every rank meets at a barrier first.
 
     Without the barrier a rank that finishes early tears down its gloo connections while a peer
     is still writing results; the peer's transport thread then aborts the process
-    ("terminate called without an active exception") and torchrun reports a failure.
+    ("terminate called without an active exception") and torchrun reports a failure. After an
+    error pass ``wait=False``: the peers may never reach the barrier.
     """
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def distributed_session(device: torch.device) -> Iterator[DistInfo]:
+    """``with distributed_session(device) as info:`` — join (under ``torchrun``) and always leave.
+
+    A clean exit waits for every rank before leaving; an exception leaves at once and re-raises.
+    """
+    info = init_distributed(device)
+    try:
+        yield info
+    except BaseException:
+        shutdown_distributed(wait=False)
+        raise
+    shutdown_distributed()

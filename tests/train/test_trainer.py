@@ -2,6 +2,8 @@
 
 import errno
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +151,18 @@ def test_compiled_training_steps_equal_eager(tmp_path):
     _, eager = run(tmp_path / "a", steps=2)
     _, compiled = run(tmp_path / "b", steps=2, compile=True)
     assert compiled.losses == pytest.approx(eager.losses, rel=1e-5, abs=1e-6)
+
+
+
+def test_masked_labels_accumulate_per_token_like_the_full_batch():
+    """Micro-batches with unequal numbers of labelled tokens: each token counts the same."""
+    sys.path.insert(0, str(Path(__file__).parent))  # the batches of the two-process test
+    try:
+        from ddp_trainer_worker import train
+    finally:
+        sys.path.pop(0)
+    out = {accum: train(grad_accum=accum) for accum in (1, 2, 4)}
+    for accum in (2, 4):
+        for k, v in weights(out[1][0]).items():
+            torch.testing.assert_close(weights(out[accum][0])[k], v, rtol=0, atol=1e-5, msg=k)
+        torch.testing.assert_close(out[accum][1].losses, out[1][1].losses, rtol=1e-5, atol=1e-6)

@@ -69,10 +69,16 @@ class Trainer:
     """Trains ``model`` on batches from ``batch_fn``.
 
     Args:
-        model: A module whose ``forward(input_ids, labels=...)`` returns an object with ``loss``.
+        model: A module whose ``forward(input_ids, labels=...)`` returns an object with ``loss``,
+            the mean over the labelled tokens. Integer ``(batch, seq)`` labels are read as
+            next-token targets (position ``t`` predicts ``labels[t+1]``, ``-100`` ignored):
+            micro-batches and ranks are then weighted by their labelled tokens, so a masked
+            loss trains as one process with the whole batch would; other labels weigh
+            micro-batches equally.
         model_config: Saved beside every checkpoint (and checked on resume).
         train_config: Optimisation settings.
-        batch_fn: ``(step, rows) -> (input_ids, labels)``; deterministic in ``step``.
+        batch_fn: ``(step, rows) -> (input_ids, labels)`` or a dict of keyword arguments;
+            deterministic in ``step``.
         out_dir: Run folder (``metrics.jsonl``, ``checkpoints/``, ``final/``); ``None`` keeps
             everything in memory.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"`` ...
@@ -243,24 +249,47 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _micro_batch(self, step: int, micro: int) -> dict[str, Any]:
+        batch = self.batch_fn(step, self._rows(micro))
+        if not isinstance(batch, Mapping):
+            batch = {"input_ids": batch[0], "labels": batch[1]}
+        kwargs = {k: v.to(self.device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        if kwargs.get("labels") is None:
+            kwargs["labels"] = kwargs["input_ids"]
+        return kwargs
+
+    def _loss_scales(self, batches: list[dict[str, Any]]) -> list[tuple[int, int]]:
+        """``(numerator, denominator)`` per micro-batch so every labelled token weighs the same.
+
+        A micro-batch's loss is a mean over its own labelled tokens; scaled by ``n_i · world / N``
+        (``N``: labelled tokens of the whole global batch, summed over ranks) and averaged by DDP,
+        the gradient is the mean over all ``N`` tokens: masked labels (a response-only loss)
+        give the update of one process with the whole batch. Labels that are not ``(batch,
+        seq)`` token ids weigh micro-batches equally.
+        """
+        counts = [_labelled_tokens(b) for b in batches]
+        if any(c is None for c in counts):
+            return [(1, len(batches))] * len(batches)
+        local = torch.stack(counts).sum()
+        if self.dist.enabled:
+            dist.all_reduce(local)
+        total = int(local)
+        if total == 0:
+            return [(1, len(batches))] * len(batches)
+        return [(int(c) * self.dist.world_size, total) for c in counts]
+
     def _step(self, step: int) -> float:
         cfg = self.cfg
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(step, cfg)
         total = torch.zeros((), device=self.device)
-        for micro in range(cfg.grad_accum):
-            batch = self.batch_fn(step, self._rows(micro))
-            if not isinstance(batch, Mapping):
-                batch = {"input_ids": batch[0], "labels": batch[1]}
-            kwargs = {k: v.to(self.device) if isinstance(v, Tensor) else v
-                      for k, v in batch.items()}
-            if kwargs.get("labels") is None:
-                kwargs["labels"] = kwargs["input_ids"]
+        batches = [self._micro_batch(step, micro) for micro in range(cfg.grad_accum)]
+        for micro, (kwargs, (num, den)) in enumerate(zip(batches, self._loss_scales(batches))):
             sync = micro == cfg.grad_accum - 1 or not self.dist.enabled
             with self._sync(sync):
                 with self._autocast():
                     out = self.forward(**kwargs)
-                    loss = out.loss / cfg.grad_accum
+                    loss = out.loss * num / den
                 loss.backward()
             total += loss.detach()
         if cfg.grad_clip > 0:
@@ -274,6 +303,14 @@ class Trainer:
         if not math.isfinite(value):
             raise FloatingPointError(f"loss became {value} at step {step}; lower the learning rate")
         return value
+
+
+def _labelled_tokens(batch: Mapping[str, Any]) -> Tensor | None:
+    """Tokens a next-token loss counts (labels shifted by one, ``-100`` ignored), or ``None``."""
+    labels = batch.get("labels")
+    if not isinstance(labels, Tensor) or labels.dim() != 2 or labels.is_floating_point():
+        return None
+    return (labels[:, 1:] != -100).sum()
 
 
 @contextlib.contextmanager

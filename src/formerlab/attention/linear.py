@@ -36,6 +36,7 @@ from torch import Tensor, nn
 
 from ..nn.state import RecurrentState
 from ..registry import Registry
+from .masks import check_key_mask
 
 __all__ = [
     "FEATURE_MAPS",
@@ -64,21 +65,6 @@ def _check(q: Tensor, k: Tensor, v: Tensor) -> None:
         )
 
 
-def _check_key_mask(key_mask: Tensor | None, k: Tensor) -> Tensor | None:
-    """``key_mask`` as a bool ``(…, n, 1)`` (``None`` passes through), validated."""
-    if key_mask is None:
-        return None
-    if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
-        raise TypeError(f"key_mask must be a bool tensor (True = real key), got "
-                        f"{getattr(key_mask, 'dtype', type(key_mask).__name__)}")
-    try:
-        torch.broadcast_shapes(key_mask.shape, k.shape[:-1])
-    except RuntimeError as exc:
-        raise ValueError(f"key_mask of shape {tuple(key_mask.shape)} does not broadcast to the "
-                         f"keys' {tuple(k.shape[:-1])} (…, n)") from exc
-    return key_mask[..., None]
-
-
 def _divide(num: Tensor, den: Tensor) -> Tensor:
     """``num / den`` with ``0`` where ``den == 0`` (a query that sees no key: padding)."""
     empty = den == 0
@@ -102,7 +88,8 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
     _check(q, k, v)
     phi = FEATURE_MAPS.get(feature_map)
     fq, fk = phi(q), phi(k)
-    m = _check_key_mask(key_mask, k)
+    m = check_key_mask(key_mask, k.shape[:-1], "keys")
+    m = None if m is None else m[..., None]
     if m is not None:  # padded keys: no features, no values (whatever the padding holds)
         fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
     if not causal:
@@ -235,7 +222,8 @@ def linear_attention_recurrent(
     _check_state_shape(st, q, v)
     phi = FEATURE_MAPS.get(st.feature_map)
     fq, fk = phi(q), phi(k)
-    m = _check_key_mask(key_mask, k)
+    m = check_key_mask(key_mask, k.shape[:-1], "keys")
+    m = None if m is None else m[..., None]
     if m is not None:  # padded keys: no features, no values (whatever the padding holds)
         fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
     outs = []

@@ -33,7 +33,8 @@ from torch import Tensor
 
 from ..registry import Registry
 
-__all__ = ["MASKS", "build_mask", "pcw_position_ids", "prefix_segment_ids", "register_mask"]
+__all__ = ["MASKS", "build_mask", "check_key_mask", "pcw_position_ids", "prefix_segment_ids",
+           "register_mask"]
 
 MaskBuilder = Callable[..., Tensor]
 
@@ -206,3 +207,22 @@ def pcw_position_ids(context_lengths: Sequence[int], num_task: int, *,
     parts = [torch.arange(c) + (L - c if align == "right" else 0) for c in lengths]
     parts.append(torch.arange(L, L + num_task))
     return torch.cat(parts)
+
+
+def check_key_mask(key_mask: Tensor | None, shape: torch.Size, what: str) -> Tensor | None:
+    """``key_mask`` (bool, ``True`` = real key) expanded to ``shape``; ``None`` passes through.
+
+    Raises:
+        TypeError: ``key_mask`` is not a bool tensor.
+        ValueError: it does not broadcast to ``shape`` (``what`` names the tensor it masks).
+    """
+    if key_mask is None:
+        return None
+    if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
+        raise TypeError(f"key_mask must be a bool tensor (True = real key), got "
+                        f"{getattr(key_mask, 'dtype', type(key_mask).__name__)}")
+    try:
+        return key_mask.expand(shape)
+    except RuntimeError as exc:
+        raise ValueError(f"key_mask of shape {tuple(key_mask.shape)} does not broadcast to the "
+                         f"{what}' {tuple(shape)} (…, n)") from exc

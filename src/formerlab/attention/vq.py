@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .masks import check_key_mask
 from .vq_cache import DEFAULT_BLOCK_LEN, VQAttentionState, _code_stats, _compute_dtype, _log_counts
 
 __all__ = [
@@ -180,20 +181,6 @@ def _joint_softmax(wl: Tensor, vwin: Tensor, cl: Tensor, means: Tensor) -> Tenso
     den = pw.sum(-1, keepdim=True) + pc.sum(-1, keepdim=True)
     out = torch.matmul(pw, vwin) + torch.matmul(pc, means)
     return out.div_(den.clamp_min(torch.finfo(den.dtype).tiny))  # no visible key: zeros
-
-
-def _check_key_mask(key_mask: Tensor | None, codes: Tensor) -> Tensor | None:
-    """``key_mask`` expanded to the shape of ``codes`` (``None`` passes through)."""
-    if key_mask is None:
-        return None
-    if not isinstance(key_mask, Tensor) or key_mask.dtype != torch.bool:
-        raise TypeError(f"key_mask must be a bool tensor (True = real key), got "
-                        f"{getattr(key_mask, 'dtype', type(key_mask).__name__)}")
-    try:
-        return key_mask.expand(codes.shape)
-    except RuntimeError as exc:
-        raise ValueError(f"key_mask of shape {tuple(key_mask.shape)} does not broadcast to the "
-                         f"codes' {tuple(codes.shape)} (…, n)") from exc
 
 
 # --- reference -----------------------------------------------------------------------------------
@@ -391,7 +378,7 @@ def vq_attention(q: Tensor, k_hat: Tensor, codes: Tensor, v: Tensor, codebook: T
     """
     _check_qkv(q, k_hat, v, causal)
     _check_codes(codes, k_hat, codebook)
-    key_mask = _check_key_mask(key_mask, codes)
+    key_mask = check_key_mask(key_mask, codes.shape, "codes")
     dt = _compute_dtype(q, k_hat, v, codebook)
     if not causal:
         if window_bias is not None or cache is not None or use_cache:

@@ -79,3 +79,15 @@ def test_claims_serialise_with_their_evidence_and_survive_broken_checks():
     assert broken.evaluate(r)["status"] == NOT_TESTED
     with pytest.raises(ValueError, match="several rows"):
         Results([{"seed": 0, "m": 1.0}, {"seed": 0, "m": 2.0}]).values("m")
+
+
+def test_not_tested_says_which_selector_value_the_run_lacks():
+    rows = Results([{"method": m, "beyond": False, "seed": 0, "acc": 0.5} for m in ("a", "b")])
+    v = Ordering("acc", {"method": "a", "beyond": True}, {"method": "b", "beyond": True},
+                 labels=("A", "B"))(rows)
+    assert v.status == NOT_TESTED
+    assert v.evidence == "A was not measured: no row of this run has beyond=True (it has False)"
+    v = Threshold("acc", {"method": "c"}, 0.1)(rows)
+    assert v.status == NOT_TESTED and "no row of this run has method='c' (it has 'a', 'b')" in v.evidence
+    v = Threshold("loss", {"method": "a"}, 0.1, label="A's loss")(rows)
+    assert v.evidence == "A's loss was not measured: its rows have no 'loss'"

@@ -139,6 +139,21 @@ def _label(where: dict[str, Any], label: str | None) -> str:
     return label or ", ".join(f"{v}" for v in where.values())
 
 
+def _not_measured(results: Results, metric: str, where: dict[str, Any], label: str) -> Verdict:
+    """``not tested``, saying why: the first selector value no row of the run has."""
+    rows = results.rows
+    for key, value in where.items():
+        seen = {r.get(key) for r in rows}
+        if value not in seen:
+            have = ", ".join(sorted(map(repr, seen))) if len(seen) <= 6 else f"{len(seen)} values"
+            return Verdict(NOT_TESTED, f"{label} was not measured: no row of this run has "
+                           f"{key}={value!r} (it has {have})")
+    rows = [r for r in rows if all(r.get(k) == v for k, v in where.items())]
+    if rows and all(r.get(metric) is None for r in rows):
+        return Verdict(NOT_TESTED, f"{label} was not measured: its rows have no {metric!r}")
+    return Verdict(NOT_TESTED, f"{label} was not measured: no row of this run matches {where}")
+
+
 @dataclasses.dataclass
 class Ordering(Check):
     """``better`` beats ``worse`` on ``metric`` (by more than ``margin``), paired by seed.
@@ -165,7 +180,8 @@ class Ordering(Check):
         a, b = results.stat(self.metric, **self.better), results.stat(self.metric, **self.worse)
         la, lb = _label(self.better, self.labels[0]), _label(self.worse, self.labels[1])
         if a is None or b is None:
-            return Verdict(NOT_TESTED, f"{la if a is None else lb} was not measured")
+            return _not_measured(results, self.metric, *((self.better, la) if a is None
+                                                         else (self.worse, lb)))
         seeds = sorted(set(a.values) & set(b.values))
         sign = 1.0 if self.higher_is_better else -1.0
         diffs = [sign * (a.values[s] - b.values[s]) for s in seeds]
@@ -207,7 +223,8 @@ class NotWorse(Check):
     def __call__(self, results: Results) -> Verdict:
         sa, sb = results.stat(self.metric, **self.a), results.stat(self.metric, **self.b)
         if sa is None or sb is None:
-            return Verdict(NOT_TESTED, f"{self.label} was not measured")
+            return _not_measured(results, self.metric, self.a if sa is None else self.b,
+                                 self.label)
         seeds = sorted(set(sa.values) & set(sb.values))
         sign = 1.0 if self.higher_is_better else -1.0
         diffs = [sign * (sa.values[s] - sb.values[s]) for s in seeds]
@@ -252,7 +269,7 @@ class Threshold(Check):
         s = results.stat(self.metric, **self.where)
         name = _label(self.where, self.label)
         if s is None:
-            return Verdict(NOT_TESTED, f"{name} was not measured")
+            return _not_measured(results, self.metric, self.where, name)
         ok = [(v > self.value) == self.above for v in s.values.values()]
         rel = ">" if self.above else "<"
         evidence = (f"{name} {s.fmt(self.scale)} ({rel} {self.value * self.scale:g} wanted, "

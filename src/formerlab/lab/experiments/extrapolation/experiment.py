@@ -33,10 +33,10 @@ from ...claims import Results
 from ...figures import LinePlot, Series, series_over
 from ...report import markdown_table
 from .._shared import mean_attention_entropy
-from .published import MASTER_TABLE, MASTER_TABLE_SETUP
 from .claims import CLAIMS
 from .config import PRESETS, ExtrapolationConfig
 from .methods import METHODS, Method, variant_changes
+from .published import MASTER_TABLE, MASTER_TABLE_SETUP
 
 __all__ = ["Extrapolation", "method_styles"]
 

@@ -34,3 +34,16 @@ def test_inside_the_window_the_schedules_are_the_model_itself(rows):
             assert r["loss"] == pytest.approx(base[r["backend"], r["context"]], abs=1e-6), r
             checked += 1
     assert checked >= 4
+
+
+def test_pairs_choose_the_runs_and_are_validated():
+    from formerlab.lab.experiments.real_lm_extension import RealLMConfig, RealLMExtension, _plan
+
+    quick = RealLMExtension.presets["quick"]()
+    assert _plan(quick) == [("none", "formerlab"), ("ntk_mixed", "formerlab"),
+                            ("rerope", "formerlab"), ("rerope-logn", "formerlab"),
+                            ("hf_yarn", "transformers")]
+    assert ("none", "transformers") in _plan(RealLMConfig(backends=["formerlab", "transformers"]))
+    with pytest.raises(ValueError, match="pair 'hf_yarn:formerlab' must be 'method:backend'"):
+        RealLMConfig(methods=["hf_yarn"], backends=["formerlab", "transformers"],
+                     pairs=["hf_yarn:formerlab"])

@@ -6,7 +6,10 @@ Markers in a page are replaced when the site is built:
   and targets, flattened);
 - ``<!-- generated: benchmark NAME -->`` — the same table for ``benchmarks/results/NAME.json`` only;
 - ``<!-- generated: lab NAME -->`` — the claims and the main table of the stored lab run
-  ``benchmarks/results/lab/NAME-quick/results.json`` (seeds, verdicts, evidence).
+  ``benchmarks/results/lab/NAME-quick/results.json`` (seeds, verdicts, evidence);
+- ``<!-- value: NAME a.b.c [FORMAT] -->`` — one number of ``benchmarks/results/NAME.json`` inside
+  a sentence (keys joined by dots, ``FORMAT`` a Python format spec, ``.2f`` by default), so prose
+  quotes the stored measurement instead of a typed copy of it.
 """
 
 from __future__ import annotations
@@ -113,7 +116,26 @@ def chat_time() -> str:
     return f"{chat['seconds']:.1f} s ({chat['new_tokens']} tokens, float32)"
 
 
+VALUE = re.compile(r"<!-- value: ([A-Za-z0-9_]+) ([^\s]+)(?: ([^\s]+))? -->")
+
+
+def stored_value(name: str, keys: str, spec: str | None = None) -> str:
+    """One number of a stored benchmark, formatted (``KeyError`` naming what is missing)."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        raise KeyError(f"no stored benchmark {name!r} ({path})")
+    value: Any = json.loads(path.read_text())
+    for key in keys.split("."):
+        if not isinstance(value, dict) or key not in value:
+            raise KeyError(f"{name}.json has no {keys!r} (missing {key!r})")
+        value = value[key]
+    if not isinstance(value, (int, float)):
+        raise KeyError(f"{name}.json's {keys!r} is not a number: {value!r}")
+    return format(value, spec or ".2f")
+
+
 def on_page_markdown(markdown: str, **_: Any) -> str:
+    markdown = VALUE.sub(lambda m: stored_value(*m.groups()), markdown)
     markdown = markdown.replace("<!-- generated: chat-example -->", chat_example())
     markdown = markdown.replace("<!-- generated: benchmarks -->", _benchmarks())
     markdown = re.sub(r"<!-- generated: benchmark ([A-Za-z0-9_]+) -->",

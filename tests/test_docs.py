@@ -49,14 +49,20 @@ def _registries() -> dict[Registry, tuple[dict, dict, dict]]:
     return regs
 
 
-def test_readme_numbers_are_the_stored_ones():
-    """The README's measured parts equal what ``python docs/_hooks.py readme`` writes from the
-    stored result files (the headline lab table, the fresh-clone times)."""
+@pytest.fixture(scope="module")
+def hooks():
+    """The mkdocs hooks module (``docs/_hooks.py``), loaded from its file."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("_docs_hooks", ROOT / "docs" / "_hooks.py")
-    hooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hooks)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_numbers_are_the_stored_ones(hooks):
+    """The README's measured parts equal what ``python docs/_hooks.py readme`` writes from the
+    stored result files (the headline lab table, the fresh-clone times)."""
     for name, make in hooks.README_PARTS.items():
         assert hooks.readme_part(name) == make().strip(), (
             f"README part {name!r} differs from the stored results: run "
@@ -82,3 +88,16 @@ def test_architecture_page_lists_every_registry():
                     f"| `{name}` |" not in page):
                 missing.append(f"{info.name}.{name}")
     assert not missing, f"registries missing from docs/architecture.md: {sorted(set(missing))}"
+
+
+def test_every_quoted_measurement_is_in_the_stored_results(hooks):
+    """``<!-- value: NAME keys -->`` markers resolve to a number of the stored benchmark files,
+    and the family pages quote their ratios through them."""
+    found = 0
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        for m in hooks.VALUE.finditer(page.read_text()):
+            float(hooks.stored_value(*m.groups()).rstrip("%"))
+            found += 1
+    assert found >= 25
+    with pytest.raises(KeyError, match="has no 'decode.99.time_ratio'"):
+        hooks.stored_value("bench_rerope", "decode.99.time_ratio")

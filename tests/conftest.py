@@ -40,3 +40,35 @@ def _single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def torchrun_worker(tmp_path):
+    """``run(worker)``: launch ``worker`` (a script beside the test) under torchrun with 2 gloo
+    processes, one thread each; returns ``(what rank 0 saved with torch.save, the worker module
+    imported in this process)`` so the test can compute the one-process oracle."""
+    import importlib
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    def run(worker: Path):
+        out = tmp_path / "rank0.pt"
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        src = str(Path(__file__).resolve().parents[1] / "src")
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(worker), str(out)]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        sys.path.insert(0, str(worker.parent))
+        try:
+            module = importlib.import_module(worker.stem)
+        finally:
+            sys.path.pop(0)
+        return torch.load(out, weights_only=True), module
+
+    return run

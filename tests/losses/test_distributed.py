@@ -2,9 +2,6 @@
 over gathered representations) and the quantiser's all-reduced EMA equal one process with the
 whole batch."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,22 +12,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def test_two_processes_equal_one(tmp_path):
-    out = tmp_path / "rank0.pt"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    src = str(Path(__file__).resolve().parents[2] / "src")
-    env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(WORKER), str(out)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    got = torch.load(out, weights_only=True)
-
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        import ddp_worker
-    finally:
-        sys.path.pop(0)
+def test_two_processes_equal_one(torchrun_worker):
+    got, ddp_worker = torchrun_worker(WORKER)
     model, x, vq, z = ddp_worker.build()
     loss = ddp_worker.loss_fn(model(x))
     loss.backward()

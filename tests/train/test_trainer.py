@@ -166,3 +166,17 @@ def test_masked_labels_accumulate_per_token_like_the_full_batch():
         for k, v in weights(out[1][0]).items():
             torch.testing.assert_close(weights(out[accum][0])[k], v, rtol=0, atol=1e-5, msg=k)
         torch.testing.assert_close(out[accum][1].losses, out[1][1].losses, rtol=1e-5, atol=1e-6)
+
+
+def test_unmasked_batches_weigh_micro_batches_as_one_over_accumulation(monkeypatch):
+    """Equal token shares take the plain 1/grad_accum path (bit-identical to a mean of means)."""
+    from formerlab.train import trainer as trainer_mod
+
+    mc = ModelConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
+    tc = TrainConfig(steps=1, batch_size=4, seq_len=16, grad_accum=2)
+    tr = Trainer(CausalLM(mc), mc, tc, batch_fn(tc), device="cpu", progress=False)
+    batches = [tr._micro_batch(0, m) for m in range(2)]
+    assert tr._loss_scales(batches) == [(1, 2), (1, 2)]
+    batches[0]["labels"][:, :5] = -100  # 2 rows × 4 fewer next-token targets: 22 and 30 of 52
+    assert tr._loss_scales(batches) == [(22, 52), (30, 52)]
+    assert trainer_mod._labelled_tokens({"labels": torch.zeros(3)}) is None

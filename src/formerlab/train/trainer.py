@@ -276,7 +276,10 @@ class Trainer:
         total = int(local)
         if total == 0:
             return [(1, len(batches))] * len(batches)
-        return [(int(c) * self.dist.world_size, total) for c in counts]
+        shares = [(int(c) * self.dist.world_size, total) for c in counts]
+        if all(num * len(batches) == den for num, den in shares):  # equal shares: 1 / grad_accum
+            return [(1, len(batches))] * len(batches)
+        return shares
 
     def _step(self, step: int) -> float:
         cfg = self.cfg
@@ -289,7 +292,7 @@ class Trainer:
             with self._sync(sync):
                 with self._autocast():
                     out = self.forward(**kwargs)
-                    loss = out.loss * num / den
+                    loss = out.loss / den if num == 1 else out.loss * num / den
                 loss.backward()
             total += loss.detach()
         if cfg.grad_clip > 0:

@@ -82,6 +82,8 @@ def test_seeds_verdicts_resume_and_rng_isolation(tmp_path):
         # a third seed reuses the two stored ones
         data, _ = run_experiment(Toy.name, preset="micro", seeds=3, out_dir=out, progress=False)
         assert Toy.calls == [0, 1, 2] and len(data["rows"]) == 12
+        assert data["meta"]["reused_seeds"] == [0, 1]
+        assert sorted(data["meta"]["seed_seconds"]) == ["0", "1", "2"]
         # same seed, same numbers; a changed config is not mixed with the stored seeds
         again, _ = run_experiment(Toy.name, preset="micro", seeds=1, out_dir=tmp_path / "b",
                                   progress=False)

@@ -160,8 +160,11 @@ def run_experiment(
         "experiment": exp.name, "preset": preset, "seeds": seed_list, "config": cfg.to_dict(),
         "config_hash": key, "versions": _versions(), "machine": _machine(dev, info),
         "corpus": corpus or "embedded default corpus", "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "command": " ".join(sys.argv), "seed_seconds": {str(k): v for k, v in seconds.items()},
+        "command": " ".join(sys.argv),
+        "seed_seconds": {str(k): v for k, v in seconds.items() if k in done},
     }
+    if done:  # ``seconds`` is this invocation's wall time; these seeds' rows were reused
+        meta["reused_seeds"] = sorted(done)
     if parallel is not None:
         meta["parallel"] = parallel
     t0 = time.perf_counter()

@@ -8,8 +8,8 @@ Markers in a page are replaced when the site is built:
 - ``<!-- generated: lab NAME -->`` — the claims and the main table of the stored lab run
   ``benchmarks/results/lab/NAME-quick/results.json`` (seeds, verdicts, evidence);
 - ``<!-- value: NAME a.b.c [FORMAT] -->`` — one number of ``benchmarks/results/NAME.json`` inside
-  a sentence (keys joined by dots, ``FORMAT`` a Python format spec, ``.2f`` by default), so prose
-  quotes the stored measurement instead of a typed copy of it.
+  a sentence (keys or list indices joined by dots, ``FORMAT`` a Python format spec, ``.2f`` by
+  default), so prose quotes the stored measurement instead of a typed copy of it.
 """
 
 from __future__ import annotations
@@ -125,10 +125,13 @@ def stored_value(name: str, keys: str, spec: str | None = None) -> str:
     if not path.is_file():
         raise KeyError(f"no stored benchmark {name!r} ({path})")
     value: Any = json.loads(path.read_text())
-    for key in keys.split("."):
-        if not isinstance(value, dict) or key not in value:
+    for key in keys.split("."):  # dict keys, or list indices
+        if isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        elif isinstance(value, dict) and key in value:
+            value = value[key]
+        else:
             raise KeyError(f"{name}.json has no {keys!r} (missing {key!r})")
-        value = value[key]
     if not isinstance(value, (int, float)):
         raise KeyError(f"{name}.json's {keys!r} is not a number: {value!r}")
     return format(value, spec or ".2f")

@@ -4,6 +4,7 @@ fence (```text, ```bash)."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import types
@@ -101,3 +102,6 @@ def test_every_quoted_measurement_is_in_the_stored_results(hooks):
     assert found >= 25
     with pytest.raises(KeyError, match="has no 'decode.99.time_ratio'"):
         hooks.stored_value("bench_rerope", "decode.99.time_ratio")
+    data = json.loads((ROOT / "benchmarks" / "results" / "bench_vq.json").read_text())
+    assert hooks.stored_value("bench_vq", "config.block_lens.1", "d") == str(
+        data["config"]["block_lens"][1])

@@ -36,6 +36,8 @@ def _apply_sets(model: dict[str, Any], train: dict[str, Any], sets: list[str]) -
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+
     from .config import TrainConfig
     from .data.batching import window_batch
     from .data.corpora import load_corpus
@@ -57,8 +59,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     with distributed_session(device) as info:
         if info.enabled and device.type == "cuda":
-            import torch
-
             device = torch.device("cuda", info.local_rank)
         corpus = load_corpus(args.corpus)
         tokens = corpus.tokens("train")
@@ -66,8 +66,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         def batch_fn(step: int, rows: slice):
             return window_batch(tokens, tc.batch_size, tc.seq_len, seed=tc.seed, step=step,
                                 rows=rows), None
-
-        import torch
 
         torch.manual_seed(tc.seed)
         model = CausalLM(mc)

@@ -89,9 +89,8 @@ def linear_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False,
     phi = FEATURE_MAPS.get(feature_map)
     fq, fk = phi(q), phi(k)
     m = check_key_mask(key_mask, k.shape[:-1], "keys")
-    m = None if m is None else m[..., None]
     if m is not None:  # padded keys: no features, no values (whatever the padding holds)
-        fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
+        fk, v = fk.masked_fill(~m[..., None], 0.0), v.masked_fill(~m[..., None], 0.0)
     if not causal:
         kv = torch.matmul(fk.transpose(-1, -2), v)  # (…, d, dv)
         z = fk.sum(-2)  # (…, d)
@@ -223,9 +222,8 @@ def linear_attention_recurrent(
     phi = FEATURE_MAPS.get(st.feature_map)
     fq, fk = phi(q), phi(k)
     m = check_key_mask(key_mask, k.shape[:-1], "keys")
-    m = None if m is None else m[..., None]
     if m is not None:  # padded keys: no features, no values (whatever the padding holds)
-        fk, v = fk.masked_fill(~m, 0.0), v.masked_fill(~m, 0.0)
+        fk, v = fk.masked_fill(~m[..., None], 0.0), v.masked_fill(~m[..., None], 0.0)
     outs = []
     # split, not sliced: one backward node for all chunks (a slice's backward fills a tensor of
     # the whole sequence, which would make the backward quadratic in n)

@@ -7,7 +7,9 @@ biases, SDPA attention. Two sizes: the default (d 256, 4 layers, n 256) and ``--
 (d 512, 8 layers, n 512). Model FLOPs per step: ``6·N·T`` for the matrices (``N`` non-embedding
 parameters plus the tied head, ``T`` tokens) plus ``12·L·n·d·T`` for the attention scores and
 values (forward and backward). The peak is the best of a few square float32 matmuls of the
-model's width class. Run: ``python benchmarks/bench_train_step.py [--size large]`` (writes
+model's width class. One more step of ours runs under ``torch.profiler`` to split its time into
+the matrix kernels (matmuls and fused attention) and everything else, which bounds the MFU this
+step can reach on this machine. Run: ``python benchmarks/bench_train_step.py [--size large]`` (writes
 ``benchmarks/results/train_step.json`` / ``train_step_large.json``). Targets: ours /
 x-transformers ≥ 1.05, MFU ≥ 85% of the matmul peak.
 """
@@ -60,6 +62,33 @@ def step_flops(model: torch.nn.Module, layers: int, seq: int, dim: int, tokens: 
     return 6 * n_mat * tokens + 12 * layers * seq * dim * tokens
 
 
+#: the ops whose time is matrix arithmetic (the rest is elementwise work, norms, the loss, AdamW)
+MATRIX_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::_scaled_dot_product_flash_attention_for_cpu",
+              "aten::_scaled_dot_product_flash_attention_for_cpu_backward")
+
+
+def time_split(step, flops: float, peak: float) -> dict:
+    """One profiled ``step``: the share of its operator time in :data:`MATRIX_OPS`, the rate the
+    model FLOPs reach inside them, and the largest other ops (shares of the profiled time).
+
+    The step's MFU is the product of the first two (share × rate / peak), so the split says
+    whether a miss comes from the matrix kernels running below the peak at these shapes or from
+    the time spent outside them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    own = {e.key: e.self_cpu_time_total for e in prof.key_averages()}  # microseconds
+    total = sum(own.values())
+    matrix = sum(own.get(k, 0.0) for k in MATRIX_OPS)
+    others = sorted(((k, v) for k, v in own.items() if k not in MATRIX_OPS), key=lambda kv: -kv[1])
+    rate = flops / (matrix * 1e-6)
+    return {"matrix_share": matrix / total, "matrix_gflops": rate / 1e9,
+            "matrix_rate_over_peak": rate / peak,
+            "largest_other_ops": [{"op": k, "share": v / total} for k, v in others[:8]]}
+
+
 def params(m: torch.nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in m.parameters()}.values())
 
@@ -105,6 +134,7 @@ def main() -> None:
     peak = matmul_peak(args.dim)
     flops = step_flops(ours, args.depth, args.seq, args.dim, tokens)
     mfu = flops / res["formerlab"]["median_s"] / peak
+    split = time_split(step_ours, flops, peak)
     payload = {
         "shape": vars(args),
         "parameters": {"formerlab": params(ours), "x_transformers": params(xt)},
@@ -113,6 +143,7 @@ def main() -> None:
         "matmul_peak_gflops": peak / 1e9,
         "model_gflops_per_step": flops / 1e9,
         "mfu_ratio": mfu,
+        "time_split": split,
         "summary": [
             {"measure": f"train step tokens/s, d {args.dim}, {args.depth} layers, n {args.seq}",
              "peer": "x-transformers Decoder", "value": ratio, "target": ">= 1.05"},
@@ -123,7 +154,8 @@ def main() -> None:
     }
     path = write("train_step" if args.size == "default" else "train_step_large", payload)
     print(f"matmul peak {peak / 1e9:.1f} GFLOP/s; model {flops / 1e9:.2f} GFLOP/step; "
-          f"MFU {100 * mfu:.1f}%")
+          f"MFU {100 * mfu:.1f}%; matrix kernels {100 * split['matrix_share']:.0f}% of the step "
+          f"at {split['matrix_gflops']:.0f} GFLOP/s")
     print(f"params: ours {params(ours):,}  x-transformers {params(xt):,}")
     for k, v in res.items():
         print(f"{k:<16} {v['tokens_per_s']:>10,.0f} tokens/s  (median {v['median_s'] * 1e3:.1f} ms)")

@@ -5,8 +5,9 @@ Markers in a page are replaced when the site is built:
 - ``<!-- generated: benchmarks -->`` — one table per ``benchmarks/results/*.json`` (its ratios
   and targets, flattened);
 - ``<!-- generated: benchmark NAME -->`` — the same table for ``benchmarks/results/NAME.json`` only;
-- ``<!-- generated: lab NAME -->`` — the claims and the main table of the stored lab run
-  ``benchmarks/results/lab/NAME-quick/results.json`` (seeds, verdicts, evidence);
+- ``<!-- generated: lab NAME [PRESET] -->`` — the claims and the main table of the stored lab run
+  ``benchmarks/results/lab/NAME-PRESET/results.json`` (``quick`` by default; seeds, verdicts,
+  evidence);
 - ``<!-- value: NAME a.b.c [FORMAT] -->`` — one number of ``benchmarks/results/NAME.json`` inside
   a sentence (keys or list indices joined by dots, ``FORMAT`` a Python format spec, ``.2f`` by
   default), so prose quotes the stored measurement instead of a typed copy of it.
@@ -76,10 +77,12 @@ def _one_benchmark(name: str) -> str:
     return _benchmark(path) or "_The stored result has no ratios to show._"
 
 
-def _lab(name: str) -> str:
-    path = RESULTS / "lab" / f"{name}-quick" / "results.json"
+def _lab(name: str, preset: str | None = None) -> str:
+    preset = preset or "quick"
+    path = RESULTS / "lab" / f"{name}-{preset}" / "results.json"
     if not path.is_file():
-        return f"_No stored run of `{name}` yet (`formerlab lab run {name} --preset quick --seeds 3`)._"
+        return (f"_No stored run of `{name}` yet "
+                f"(`formerlab lab run {name} --preset {preset} --seeds 3`)._")
     data = json.loads(path.read_text())
     seeds = data.get("meta", {}).get("seeds", [])
     claims = data.get("claims", [])
@@ -143,7 +146,8 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
     markdown = markdown.replace("<!-- generated: benchmarks -->", _benchmarks())
     markdown = re.sub(r"<!-- generated: benchmark ([A-Za-z0-9_]+) -->",
                       lambda m: _one_benchmark(m.group(1)), markdown)
-    return re.sub(r"<!-- generated: lab ([a-z0-9-]+) -->", lambda m: _lab(m.group(1)), markdown)
+    return re.sub(r"<!-- generated: lab ([a-z0-9-]+)(?: ([a-z0-9-]+))? -->",
+                  lambda m: _lab(m.group(1), m.group(2)), markdown)
 
 
 # -- the README's measured parts ------------------------------------------------------------------

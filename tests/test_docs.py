@@ -105,3 +105,11 @@ def test_every_quoted_measurement_is_in_the_stored_results(hooks):
     data = json.loads((ROOT / "benchmarks" / "results" / "bench_vq.json").read_text())
     assert hooks.stored_value("bench_vq", "config.block_lens.1", "d") == str(
         data["config"]["block_lens"][1])
+
+
+def test_lab_marker_reads_the_named_preset(hooks):
+    out = hooks.on_page_markdown("<!-- generated: lab extrapolation quick -->")
+    assert "benchmarks/results/lab/extrapolation-quick/results.json" in out
+    assert out == hooks.on_page_markdown("<!-- generated: lab extrapolation -->")  # quick by default
+    missing = hooks.on_page_markdown("<!-- generated: lab extrapolation no-such-preset -->")
+    assert "--preset no-such-preset" in missing

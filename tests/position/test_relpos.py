@@ -359,8 +359,8 @@ def test_dynamic_ntk_exact_with_raw_key_cache():
 
 @pytest.mark.parametrize("name,params", MAPS[1:])
 @pytest.mark.parametrize("dtype", [F64, torch.float32])
-def test_single_token_decode_flash_path(name, params, dtype):
-    q, k, v = qkv(hkv=4, n=26, dtype=dtype)  # equal heads: the flash-kernel merge is used
+def test_single_token_decode_equal_heads(name, params, dtype):
+    q, k, v = qkv(hkv=4, n=26, dtype=dtype)  # equal heads (no GQA grouping)
     window, factor = params.get("window"), params.get("factor")
     inv = INV.to(dtype)
     full = rerope_attention(q, k, v, inv_freq=inv, window=window, leaky_factor=factor, impl="two_pass")

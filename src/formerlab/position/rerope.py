@@ -452,7 +452,12 @@ class ReRoPECache(LayerState):
 
 
 def _decode_last(q: Tensor, cache: ReRoPECache, relpos: Piecewise, w: int, total: float, work: torch.dtype) -> Tensor:
-    """One query at the last cached position (every key visible): two passes merged by LSE."""
+    """One query at the last cached position (every key visible): both passes' scores, one softmax.
+
+    With a single query the scores are a ``(B, H, 1, n)`` row, so explicit attention reads each
+    key and value once, like a fused kernel, without the kernel's fixed cost per call (two calls
+    and a log-sum-exp merge cost more than the arithmetic at a few thousand keys).
+    """
     keys, values, kp = cache.keys, cache.values, cache.positions
     n = len(cache)
     last = float(kp[-1]) if cache._last is None else cache._last  # type: ignore[index]
@@ -460,31 +465,24 @@ def _decode_last(q: Tensor, cache: ReRoPECache, relpos: Piecewise, w: int, total
         far = min(n, max(0, int(last - w - cache._first) + 1))
     else:
         far = int(torch.searchsorted(kp, torch.tensor(last - w, dtype=kp.dtype), right=True))  # type: ignore[arg-type,union-attr]
-    k1, v1 = cache.rotated_keys_from(far), values[:, :, far:]  # type: ignore[index]
+    k1 = cache.rotated_keys_from(far)
     layout, r = cache.layout, cache.rotary_dim
     cos, sin = cache.table_at("pos", last, q)
     if far and relpos.factor is None:  # pass 2 rotates the query by the constant window
         cw, sw = cache.table_at("win", float(w), q)
         both = apply_rope(torch.cat([q, q], dim=2), torch.cat([cos, cw]), torch.cat([sin, sw]), layout, r)
-        q1, q2 = both[:, :, :1], both[:, :, 1:]
-        k2 = keys[:, :, :far]  # type: ignore[index]
+        q1, q2 = both.narrow(2, 0, 1), both.narrow(2, 1, 1)
+        k2 = keys.narrow(2, 0, far)  # type: ignore[union-attr]
     else:
         q1 = apply_rope(q, cos, sin, layout, r)
         if far:
             qa, _ = relpos.outer_positions(kp[-1:], kp[-1:])  # type: ignore[index]
             q2 = cache._rotate(q, qa)
-            k2 = cache.scaled_rotated_keys(1.0 / relpos.factor)[:, :, :far]  # type: ignore[attr-defined]
-    kernel = _fused_kernel(q, keys, values)  # type: ignore[arg-type]
-    if kernel is not None and q.shape[1] == keys.shape[1]:  # type: ignore[union-attr]
-        out1, lse1 = kernel(q1, k1, v1, 0.0, False, scale=total)
-        if not far:
-            return out1
-        out2, lse2 = kernel(q2, k2, values[:, :, :far], 0.0, False, scale=total)  # type: ignore[index]
-        return torch.lerp(out1, out2, torch.sigmoid(lse2 - lse1).unsqueeze(-1).to(out1.dtype))
+            k2 = cache.scaled_rotated_keys(1.0 / relpos.factor).narrow(2, 0, far)  # type: ignore[attr-defined]
     s = _gqa_scores(q1, k1)
     if far:
         s = torch.cat([_gqa_scores(q2, k2), s], dim=-1)
-    p = torch.softmax(s.to(work) * total, dim=-1)
+    p = torch.softmax(s.to(work).mul_(total), dim=-1)
     return _gqa_apply(p, values.to(work)).to(q.dtype)  # type: ignore[union-attr]
 
 

@@ -95,6 +95,23 @@ CPU_FLASH_FLOPS = {
 }
 
 
+def _count_step(model: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in weights:
+            saved[st.data_ptr()] = st.nbytes()
+        return t
+
+    with FlopCounterMode(display=False, custom_mapping=CPU_FLASH_FLOPS) as counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(x).sum()
+        loss.backward()
+    return {"flops": counter.get_total_flops(), "saved_MB": sum(saved.values()) / 2**20}
+
+
 def counted(n: int) -> dict[str, dict[str, float]]:
     """What one forward+backward of every model at length ``n`` asks for: the FLOPs of its matmuls
     and attention, and the MB of activations autograd keeps for the backward (distinct storages
@@ -102,22 +119,7 @@ def counted(n: int) -> dict[str, dict[str, float]]:
     out = {}
     for name, build in BUILD.items():
         torch.manual_seed(0)
-        model = build()
-        x = torch.randn(1, n, D, requires_grad=True)
-        weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-        saved: dict[int, int] = {}
-
-        def pack(t: torch.Tensor) -> torch.Tensor:
-            st = t.untyped_storage()
-            if st.data_ptr() not in weights:
-                saved[st.data_ptr()] = st.nbytes()
-            return t
-
-        with FlopCounterMode(display=False, custom_mapping=CPU_FLASH_FLOPS) as counter:
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = model(x).sum()
-            loss.backward()
-        out[name] = {"flops": counter.get_total_flops(), "saved_MB": sum(saved.values()) / 2**20}
+        out[name] = _count_step(build(), torch.randn(1, n, D, requires_grad=True))
     return out
 
 

@@ -375,6 +375,23 @@ def test_single_token_decode_equal_heads(name, params, dtype):
     torch.testing.assert_close(torch.cat(outs, 2), full, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("name,params", MAPS[1:])
+def test_single_token_decode_partial_rotary(name, params):
+    """Channels past ``rotary_dim`` pass through unrotated on both passes of a decoding step."""
+    q, k, v = qkv(hkv=2, n=26, d=12)
+    inv, _ = rope_frequencies(12, base=50.0, partial_rotary_factor=2 / 3, dtype=F64)
+    window, factor = params.get("window"), params.get("factor")
+    full = rerope_attention(q, k, v, inv_freq=inv, window=window, leaky_factor=factor,
+                            impl="two_pass", rotary_dim=8)
+    cache = ReRoPECache(inv, rotary_dim=8)
+    outs = []
+    with torch.inference_mode():
+        for t in range(26):
+            cache.update(k[:, :, t:t + 1], v[:, :, t:t + 1])
+            outs.append(rerope_decode_step(q[:, :, t:t + 1], cache, window, factor))
+    torch.testing.assert_close(torch.cat(outs, 2), full, rtol=1e-12, atol=1e-12)
+
+
 def test_long_decode_trims_recent_keys_and_tracks_frequency_changes():
     q, k, v = qkv(b=1, h=2, hkv=2, n=160)
     full = rerope_attention(q, k, v, inv_freq=INV, window=5, impl="two_pass")

@@ -470,7 +470,8 @@ def _decode_last(q: Tensor, cache: ReRoPECache, relpos: Piecewise, w: int, total
     cos, sin = cache.table_at("pos", last, q)
     if far and relpos.factor is None:  # pass 2 rotates the query by the constant window
         cw, sw = cache.table_at("win", float(w), q)
-        both = apply_rope(torch.cat([q, q], dim=2), torch.cat([cos, cw]), torch.cat([sin, sw]), layout, r)
+        # the one query broadcast against both tables: (B, H, 2, d), rows at ``last`` and at ``w``
+        both = apply_rope(q, torch.cat([cos, cw]), torch.cat([sin, sw]), layout, r)
         q1, q2 = both.narrow(2, 0, 1), both.narrow(2, 1, 1)
         k2 = keys.narrow(2, 0, far)  # type: ignore[union-attr]
     else:

@@ -94,7 +94,8 @@ def apply_rope(
     """Rotate the first ``rotary_dim`` channels of ``x`` (``(..., n, d)``) by the tables.
 
     ``cos``/``sin`` must broadcast to ``(..., n, rotary_dim)``; channels ``rotary_dim ... d-1``
-    pass through unchanged (partial rotary). The result has ``x``'s dtype.
+    pass through unchanged (partial rotary). The result has ``x``'s dtype and the broadcast shape
+    of ``x`` and the tables (one row of ``x`` against two rows of tables gives two rotated rows).
     """
     _check_layout(layout)
     r = cos.shape[-1] if rotary_dim is None else rotary_dim
@@ -114,7 +115,9 @@ def apply_rope(
         out[..., h:].addcmul_(x_rot[..., :h], sin[..., h:])
     else:
         out = x_rot * cos + _rotate(x_rot, layout) * sin
-    return out if x_pass is None else torch.cat([out, x_pass], dim=-1)
+    if x_pass is None:
+        return out
+    return torch.cat([out, x_pass.expand(*out.shape[:-1], x_pass.shape[-1])], dim=-1)
 
 
 def convert_rope_layout(

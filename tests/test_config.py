@@ -136,3 +136,17 @@ def test_flat_hugging_face_and_first_release_keys_reach_the_sub_configs():
     c = ModelConfig().replace(rope_theta=100.0).replace(position={"window": 4})
     assert (c.position.rope_theta, c.position.window) == (100.0, 4)
     assert ModelConfig.from_dict(c.to_dict()) == c
+
+
+def test_with_overrides_by_dotted_path():
+    cfg = StudyConfig()
+    new = cfg.with_overrides({"train.precision": "bf16", "model.hidden_size": 96, "train_len": 64})
+    assert (new.train.precision, new.model.hidden_size, new.train_len) == ("bf16", 96, 64)
+    assert isinstance(new.model, ModelConfig)
+    assert cfg.train.precision == "fp32"  # a copy: the original is unchanged
+    with pytest.raises(ValueError, match=r"StudyConfig.train has no key 'precison'.*precision"):
+        cfg.with_overrides({"train.precison": "bf16"})
+    with pytest.raises(ValueError, match=r"StudyConfig has no nested config 'train_len'"):
+        cfg.with_overrides({"train_len.x": 1})
+    with pytest.raises(ValueError, match="precision"):  # validated like from_dict
+        cfg.with_overrides({"train.precision": "fp8"})

@@ -35,6 +35,16 @@ def _apply_sets(model: dict[str, Any], train: dict[str, Any], sets: list[str]) -
         (model if scope == "model" else train)[name] = _parse_value(value)
 
 
+def _dotted_sets(sets: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in sets:
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set expects KEY=VALUE (e.g. train.precision=bf16), got {item!r}")
+        out[key] = _parse_value(value)
+    return out
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -133,16 +143,17 @@ def _cmd_lab_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_lab_run(args: argparse.Namespace) -> int:
-    from .lab import run_experiment
+    from .lab import experiment_config, run_experiment
     from .lab.report import claims_markdown
     from .train.distributed import distributed_session, resolve_device
 
+    config = experiment_config(args.name, args.preset, _dotted_sets(args.set)) if args.set else None
     # one process unless under torchrun
     with distributed_session(resolve_device(args.device)) as info:
         data, paths = run_experiment(
             args.name, preset=args.preset, seeds=args.seeds, seed=args.seed, out_dir=args.out,
             device=args.device, progress=not args.no_progress, cache_dir=args.cache_dir,
-            corpus=args.corpus, dist_info=info, parallel=args.parallel,
+            corpus=args.corpus, dist_info=info, parallel=args.parallel, config=config,
         )
     if info.is_main:
         print(f"\n# {data['title']}\n\n{claims_markdown(data['claims'])}\n\n"
@@ -219,6 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("--parallel", choices=["ddp", "fsdp"],
                     help="under torchrun: DDP or FSDP2 for every training of the run (default: "
                          "each train config's own, ddp)")
+    lr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a field of the preset's config by dotted path, e.g. "
+                         "train.precision=bf16 or model.hidden_size=256 (repeatable; a changed "
+                         "config is a new run: stored seeds are reused only for the same config)")
     lr.add_argument("--no-progress", action="store_true")
     lr.set_defaults(func=_cmd_lab_run)
 

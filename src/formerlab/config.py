@@ -81,6 +81,27 @@ class Config:
             raise TypeError(f"config must be a {cls.__name__} or dict, got {type(obj).__name__}")
         return obj
 
+    def with_overrides(self: C, overrides: dict[str, Any]) -> C:
+        """A copy with fields replaced by dotted path (``{"train.precision": "bf16"}``).
+
+        Each path names a field of this config or, through a nested config, of a nested one;
+        the result is validated like :meth:`from_dict`.
+        """
+        data = self.to_dict()
+        for path, value in overrides.items():
+            parts = path.split(".")
+            node, where = data, type(self).__name__
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"cannot set {path!r}: {where} has no nested config {part!r}; "
+                                     f"its keys: {', '.join(node)}")
+                node, where = node[part], f"{where}.{part}"
+            if parts[-1] not in node:
+                raise ValueError(f"cannot set {path!r}: {where} has no key {parts[-1]!r}; "
+                                 f"its keys: {', '.join(node)}")
+            node[parts[-1]] = value
+        return type(self).from_dict(data)
+
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):

@@ -38,3 +38,15 @@ def test_experiment_writes_report(run):
     assert len(data["rows"]) == len(PROBE_VARIANTS)
     assert {c["status"] for c in data["claims"]} == {"reproduced"}
     assert paths["html"].is_file() and paths["probe_loss"].is_file()
+
+
+def test_table_survives_a_diverged_training():
+    """A variant whose metrics are NaN (training diverged) is reported as nan, not a crash."""
+    from formerlab.lab import EXPERIMENTS, Results
+
+    exp = EXPERIMENTS.get("position-probe")
+    rows = [{"seed": 0, "variant": "softmax_rope", "label": "softmax + RoPE", "n": 8,
+             "accuracy": float("nan"), "above_chance": float("nan"), "loss": float("nan"),
+             "row_spread": float("nan")}]
+    table = exp.table(Results(rows))
+    assert "softmax + RoPE" in table and "nan" in table

@@ -128,3 +128,21 @@ def test_bad_requests_name_the_choices(tmp_path):
         run_experiment("nope", out_dir=tmp_path)
     with pytest.raises(ValueError, match="does not exist"):
         rebuild_report(tmp_path / "missing")
+
+
+def test_cli_set_overrides_the_preset_config(tmp_path, capsys):
+    """``formerlab lab run NAME --set KEY=VALUE`` runs the preset with that field replaced."""
+    from formerlab import cli
+    from formerlab.lab import experiment_config
+
+    cfg = experiment_config("position-probe", "micro", {"steps": 5})
+    assert cfg.steps == 5
+    assert experiment_config("position-probe", "micro").steps != 5
+    out = tmp_path / "run"
+    assert cli.main(["lab", "run", "position-probe", "--preset", "micro", "--out", str(out),
+                     "--no-progress", "--set", "steps=5", "--cache-dir", str(tmp_path)]) == 0
+    stored = json.loads((out / "results.json").read_text())["meta"]["config"]
+    assert stored["steps"] == 5
+    assert cli.main(["lab", "run", "position-probe", "--preset", "micro", "--out", str(out),
+                     "--set", "lrr=1"]) == 2
+    assert "has no key 'lrr'" in capsys.readouterr().err

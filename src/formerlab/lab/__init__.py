@@ -26,7 +26,7 @@ from .claims import (
 )
 from .figures import LinePlot, Series, series_over
 from .report import load_results, markdown_table, rebuild_report, write_report
-from .runner import list_experiments, run_experiment
+from .runner import experiment_config, list_experiments, run_experiment
 
 __all__ = [
     "EXPERIMENTS",
@@ -49,6 +49,7 @@ __all__ = [
     "Threshold",
     "Trend",
     "Verdict",
+    "experiment_config",
     "list_experiments",
     "load_results",
     "markdown_table",

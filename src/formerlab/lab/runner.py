@@ -40,6 +40,15 @@ def _load_all() -> None:
     from . import experiments  # noqa: F401  (registers the experiments)
 
 
+def experiment_config(name: str, preset: str, overrides: dict[str, Any] | None = None) -> Any:
+    """The config of experiment ``name``'s ``preset``, with fields replaced by dotted path
+    (:meth:`~formerlab.config.Config.with_overrides`); pass it to :func:`run_experiment` as
+    ``config=``."""
+    _load_all()
+    cfg = EXPERIMENTS.get(name).preset(preset)
+    return cfg.with_overrides(overrides) if overrides else cfg
+
+
 def list_experiments() -> list[dict[str, str]]:
     """Every registered experiment with the post it reproduces and its presets."""
     _load_all()

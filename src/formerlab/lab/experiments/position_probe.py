@@ -126,6 +126,11 @@ def _solved(name: str) -> Threshold:
     return Threshold("accuracy", {"variant": name}, 0.9, scale=100, label=f"{name} accuracy")
 
 
+def _largest(values: dict[int, float]) -> str:
+    """The largest spread over seeds (``nan`` when every seed's training diverged)."""
+    return f"{max(values.values()):.1e}" if values else "nan"
+
+
 @register_experiment
 class PositionProbe(Experiment):
     """Train every variant on the probe; softmax + RoPE cannot leave chance, the remedies can."""
@@ -169,7 +174,7 @@ class PositionProbe(Experiment):
         n = results.rows[0]["n"]
         body = [[label, results.fmt("accuracy", 100, 1, variant=v),
                  results.fmt("loss", 1, 3, variant=v),
-                 f"{max(results.values('row_spread', variant=v).values()):.1e}"]
+                 _largest(results.values("row_spread", variant=v))]
                 for v, label in ((v.name, v.label) for v in PROBE_VARIANTS)
                 if results.select(variant=v)]
         return (f"Training accuracy on the probe of n = {n} identical tokens (chance "

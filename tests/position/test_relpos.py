@@ -392,6 +392,23 @@ def test_single_token_decode_partial_rotary(name, params):
     torch.testing.assert_close(torch.cat(outs, 2), full, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_single_token_decode_half_precision(dtype):
+    """Half-precision inputs: scores, softmax and the weighted sum in float32, output in the
+    input's dtype, close to the float64 result."""
+    q, k, v = qkv(hkv=2, n=20)
+    full = rerope_attention(q, k, v, inv_freq=INV, window=5, impl="two_pass")
+    cache = ReRoPECache(INV)
+    outs = []
+    with torch.inference_mode():
+        for t in range(20):
+            cache.update(k[:, :, t:t + 1].to(dtype), v[:, :, t:t + 1].to(dtype))
+            outs.append(rerope_decode_step(q[:, :, t:t + 1].to(dtype), cache, 5))
+    out = torch.cat(outs, 2)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), full, rtol=0.05, atol=0.05)
+
+
 def test_long_decode_trims_recent_keys_and_tracks_frequency_changes():
     q, k, v = qkv(b=1, h=2, hkv=2, n=160)
     full = rerope_attention(q, k, v, inv_freq=INV, window=5, impl="two_pass")

@@ -483,8 +483,10 @@ def _decode_last(q: Tensor, cache: ReRoPECache, relpos: Piecewise, w: int, total
     s = _gqa_scores(q1, k1)
     if far:
         s = torch.cat([_gqa_scores(q2, k2), s], dim=-1)
-    p = torch.softmax(s.to(work).mul_(total), dim=-1)
-    return _gqa_apply(p, values.to(work)).to(q.dtype)  # type: ignore[union-attr]
+    if s.dtype != work:  # half-precision inputs: the softmax and the sum in float32
+        s, values = s.to(work), values.to(work)  # type: ignore[union-attr]
+    out = _gqa_apply(torch.softmax(s.mul_(total), dim=-1), values)  # type: ignore[arg-type]
+    return out if out.dtype == q.dtype else out.to(q.dtype)
 
 
 def rerope_decode_step(

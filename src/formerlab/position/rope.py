@@ -105,14 +105,18 @@ def apply_rope(
             f"({cos.shape[-1]}), got {r}"
         )
     x_rot, x_pass = (x, None) if r == x.shape[-1] else (x[..., :r], x[..., r:])
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    if cos.dtype != x.dtype:  # (checked here: a no-op .to still costs a dispatch per call)
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     if layout == "half":
         # out = x·cos + rotate_half(x)·sin, written without materialising rotate_half(x):
         # one product, then the two halves accumulate in place (views of the fresh tensor)
+        # (the read-only halves split in one call each; the written ones are single views, as
+        # autograd refuses in-place writes into the outputs of a multi-view split)
         h = r // 2
         out = x_rot * cos
-        out[..., :h].addcmul_(x_rot[..., h:], sin[..., :h], value=-1.0)
-        out[..., h:].addcmul_(x_rot[..., :h], sin[..., h:])
+        (x1, x2), (s1, s2) = x_rot.chunk(2, -1), sin.chunk(2, -1)
+        out[..., :h].addcmul_(x2, s1, value=-1.0)
+        out[..., h:].addcmul_(x1, s2)
     else:
         out = x_rot * cos + _rotate(x_rot, layout) * sin
     if x_pass is None:

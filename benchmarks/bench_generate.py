@@ -27,6 +27,7 @@ import argparse
 import inspect
 import os
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,6 @@ CHAT_PROMPT = "Give me three tips for a good night's sleep."
 def chat(model: CausalLM, tok: GGUFTokenizer, max_new_tokens: int = 96) -> dict:
     """The docs' chat example, timed once after a warm-up: the GGUF chat template, greedy
     decoding to ``<|im_end|>``; the answer and its time are shown on the generation page."""
-    import time
 
     ids = tok.apply_chat_template([{"role": "user", "content": CHAT_PROMPT}],
                                   add_generation_prompt=True)
@@ -167,7 +167,6 @@ def decode_steps(models: dict, ids: torch.Tensor, repeats: int = 25) -> dict:
     """One decoding step of each model against its own cache of ``ids``, cropped back to the
     prompt after every step, timed in alternation."""
     import statistics
-    import time
 
     n = ids.shape[1]
     steps = {}

@@ -7,10 +7,11 @@ Presets (one seed each; the lab repeats them over ``--seeds``):
   differ where the methods differ), the methods the tests' identities need;
 - ``quick`` — ``make demo``, within 10 minutes on a 2-core CPU: ``L = 128`` tested at ``4L`` and
   ``8L``, one 0.8M-parameter RoPE model trained for 800 steps, every inference-time method;
-- ``medium`` — every trained variant on CPU in about 25 minutes per seed (``L = 64`` tested at
-  ``4L`` and ``8L``, a 4-layer model trained for 1500 steps per variant, every method): the
-  study of the trained variants (log-n pre-training, HWFA, HWFA2, InvLeaky, RoPE + q/k bias,
-  NoPE, sinusoidal) with 3 seeds in about 75 minutes on 2 cores;
+- ``medium`` — every trained variant on CPU (``L = 64`` tested at ``4L`` and ``8L``, a 4-layer
+  model trained for 1500 steps per variant, every method): the study of the trained variants
+  (log-n pre-training, HWFA, HWFA2, InvLeaky, RoPE + q/k bias, NoPE, sinusoidal) beside the
+  baseline. Measured on 2 CPU cores: about 40 minutes per seed (eight trainings of 4–5 minutes
+  each at two threads, then about 3 minutes of evaluation), so 3 seeds take about two hours;
 - ``full`` — the complete study: a 6-layer model, ``16L``, 64 sequences per cell, every method
   including the trained variants (log-n pre-training, HWFA, HWFA2, InvLeaky, q/k bias, NoPE,
   sinusoidal) and ReRoPE with ``w = L``.

@@ -3,10 +3,11 @@
 GAU-α ratios at half size: d 384, e = 2d, s = d/6 (64) for the pair (``2·(3ed + sd) ≈ 12.3 d²``)
 vs a Pre-Norm block with 6-head MHA and a 4d GELU FFN without biases (``12 d²``). Forward+backward
 time (best of several, in this process, models alternating) and peak memory (growth of the
-peak RSS ``VmHWM`` of a fresh subprocess running one step, after resetting the mark) at n = 512 and 2048, batch 1, float32 CPU. The FLOPs each model executes in one step are counted
-by ``torch.utils.flop_counter`` (its attention formulas registered for the CPU flash kernel too), so
-the file says how much of a time ratio is arithmetic the design asks for and how much is the rate
-at which it runs. Writes ``benchmarks/results/bench_gau.json``.
+peak RSS ``VmHWM`` of a fresh subprocess running one step, after resetting the mark) at n = 512
+and 2048, batch 1, float32 CPU. The FLOPs each model executes in one step are counted by
+``torch.utils.flop_counter`` (its attention formulas registered for the CPU flash kernel too) and
+the activations autograd saves are summed, so the file says how much of a ratio is work the
+design asks for and how much is the rate at which it runs. Writes ``benchmarks/results/bench_gau.json``.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ biases, SDPA attention. Two sizes: the default (d 256, 4 layers, n 256) and ``--
 (d 512, 8 layers, n 512). Model FLOPs per step: ``6·N·T`` for the matrices (``N`` non-embedding
 parameters plus the tied head, ``T`` tokens) plus ``12·L·n·d·T`` for the attention scores and
 values (forward and backward). The peak is the best of square float32 matmuls of 1024, 2048 and
-``4·d``, measured before and after the timed steps. One more step of ours runs under ``torch.profiler`` to split its time into
-the matrix kernels (matmuls and fused attention) and everything else, which bounds the MFU this
-step can reach on this machine. Run: ``python benchmarks/bench_train_step.py [--size large]`` (writes
+``4·d``, measured before and after the timed steps. One more step of ours runs under
+``torch.profiler`` to split its time into the matrix kernels (matmuls and fused attention) and
+everything else: the MFU is the share of the matrix kernels times their rate over the peak.
+Run: ``python benchmarks/bench_train_step.py [--size large]`` (writes
 ``benchmarks/results/train_step.json`` / ``train_step_large.json``). Targets: ours /
 x-transformers ≥ 1.05, MFU ≥ 85% of the matmul peak.
 """

@@ -187,12 +187,14 @@ def fresh_times() -> str:
     said = []
     if "test" in parts:
         t = parts["test"]
-        said.append(f"`make test` took {t['seconds'] / 60:.0f} min ({t.get('pytest', 'failed')}; "
+        summary = t.get("pytest") or ("failed" if t["returncode"] else "no pytest summary")
+        said.append(f"`make test` took {t['seconds'] / 60:.0f} min ({summary}; "
                     f"pytest {t.get('pytest_seconds', '?')} s; commit {t['commit']}, {t['date']})")
     if "demo" in parts:
         d = parts["demo"]
         said.append(f"`make demo` {d['seconds'] / 60:.0f} min ({d.get('detail', '')}"
-                    f"{'; commit ' + d['commit'] if 'commit' in d else ''}, {d['date']})")
+                    f"{'; commit ' + d['commit'] if 'commit' in d else ''}, {d['date']}"
+                    f"{'; timed by hand from a log' if 'source' in d else ''})")
     return " and ".join(said) + " on 2 CPU cores, no GPU" if said else "not measured yet"
 
 

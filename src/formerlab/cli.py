@@ -24,18 +24,8 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def _apply_sets(model: dict[str, Any], train: dict[str, Any], sets: list[str]) -> None:
-    for item in sets:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ValueError(f"--set expects model.KEY=VALUE or train.KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        scope, name = key.split(".", 1)
-        if scope not in ("model", "train"):
-            raise ValueError(f"--set scope must be 'model' or 'train', got {scope!r} in {item!r}")
-        (model if scope == "model" else train)[name] = _parse_value(value)
-
-
 def _dotted_sets(sets: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as ``{KEY: value}`` (values read as JSON when they parse)."""
     out = {}
     for item in sets:
         key, eq, value = item.partition("=")
@@ -43,6 +33,14 @@ def _dotted_sets(sets: list[str]) -> dict[str, Any]:
             raise ValueError(f"--set expects KEY=VALUE (e.g. train.precision=bf16), got {item!r}")
         out[key] = _parse_value(value)
     return out
+
+
+def _apply_sets(model: dict[str, Any], train: dict[str, Any], sets: list[str]) -> None:
+    for key, value in _dotted_sets(sets).items():
+        scope, dot, name = key.partition(".")
+        if not dot or scope not in ("model", "train"):
+            raise ValueError(f"--set expects model.KEY=VALUE or train.KEY=VALUE, got {key!r}")
+        (model if scope == "model" else train)[name] = value
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

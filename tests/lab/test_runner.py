@@ -146,3 +146,16 @@ def test_cli_set_overrides_the_preset_config(tmp_path, capsys):
     assert cli.main(["lab", "run", "position-probe", "--preset", "micro", "--out", str(out),
                      "--set", "lrr=1"]) == 2
     assert "has no key 'lrr'" in capsys.readouterr().err
+
+
+def test_train_set_items_need_a_model_or_train_scope():
+    """``formerlab train --set`` shares the KEY=VALUE parser of ``lab run --set``."""
+    from formerlab import cli
+
+    model, train = {}, {}
+    cli._apply_sets(model, train, ["model.hidden_size=64", "train.lr=0.01"])
+    assert model == {"hidden_size": 64} and train == {"lr": 0.01}
+    with pytest.raises(ValueError, match="model.KEY=VALUE or train.KEY=VALUE, got 'x.y'"):
+        cli._apply_sets({}, {}, ["x.y=1"])
+    with pytest.raises(ValueError, match="expects KEY=VALUE"):
+        cli._apply_sets({}, {}, ["model.hidden_size"])
